@@ -1,0 +1,44 @@
+# Two entry points: `make demo` (quickstart end to end) and `make test` (test suite).
+# Both create .venv if it is missing and install the project into it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The torch build this project is tested with; override for another CUDA/CPU build.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.headsup-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+RUN ?= runs/quickstart
+SAMPLES ?= data/samples
+
+.PHONY: install demo test test-slow clean-demo
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -e '.[dev]'
+	# these two pin old torch/numpy/Pillow in their metadata but work with current ones
+	$(PIP) install -q --no-deps facenet-pytorch==2.6.0 pyiqa==0.1.16
+	touch $@
+
+demo: install
+	$(VENV)/bin/headsup-tools samples $(SAMPLES)
+	$(VENV)/bin/headsup-tools tiny-backbone $(SAMPLES)/train runs/tiny_sd
+	$(VENV)/bin/headsup fit --config configs/experiments/quickstart.yaml
+	$(VENV)/bin/headsup test --config configs/experiments/quickstart.yaml --ckpt_path $(RUN)/checkpoints/last.ckpt
+	$(VENV)/bin/headsup predict --config configs/experiments/quickstart.yaml \
+		--ckpt_path $(RUN)/checkpoints/last.ckpt --data.predict_input $(SAMPLES)/test/portrait \
+		--writer.output_dir $(RUN)/predict
+
+test: install
+	$(PY) -m pytest
+
+test-slow: install
+	$(PY) -m pytest -m slow
+
+clean-demo:
+	rm -rf $(RUN) runs/tiny_sd $(SAMPLES)

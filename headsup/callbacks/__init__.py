@@ -1,0 +1,7 @@
+"""Lightning callbacks of headsup."""
+
+from headsup.callbacks.config import VersionedSaveConfig
+from headsup.callbacks.predict_writer import PredictWriter
+from headsup.callbacks.results import ResultsWriter
+
+__all__ = ["PredictWriter", "ResultsWriter", "VersionedSaveConfig"]

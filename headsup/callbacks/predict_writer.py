@@ -1,0 +1,72 @@
+"""Writes `headsup predict` outputs: one image per input, mirroring the input folder layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_warn
+
+from headsup.data.io import save_image
+
+
+class PredictWriter(BasePredictionWriter):
+    """Save each prediction under `output_dir`, never over an input and never over an existing file
+    unless `overwrite`. Unreadable inputs are reported and skipped.
+
+    Args:
+        output_dir: Folder for the enhanced images (required by `predict`).
+        ext: Output file extension (".png", ".jpg", ".webp", ".tif"); None keeps PNG for every input.
+        suffix: Text appended to each output file stem.
+        overwrite: Replace outputs that already exist.
+        quality: JPEG/WebP quality.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | None = None,
+        ext: str | None = None,
+        suffix: str = "",
+        overwrite: bool = False,
+        quality: int = 95,
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = output_dir
+        self.ext = ext
+        self.suffix = suffix
+        self.overwrite = overwrite
+        self.quality = quality
+        self.written: list[Path] = []
+        self.skipped: list[Path] = []
+        self.failed: list[str] = []
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if self.output_dir is None:
+            raise ValueError("predict needs an output folder: set --writer.output_dir")
+        self.written, self.skipped, self.failed = [], [], []
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        if "error" in prediction:
+            self.failed.append(prediction["error"])
+            rank_zero_warn(f"skipped: {prediction['error']}")
+            return
+        rel = Path(prediction["relpath"])
+        ext = self.ext or ".png"
+        out = Path(self.output_dir) / rel.parent / f"{rel.stem}{self.suffix}{ext}"
+        if out.resolve() == Path(prediction["path"]).resolve():
+            raise ValueError(f"output {out} would overwrite its input; choose another --writer.output_dir or suffix")
+        if out.exists() and not self.overwrite:
+            self.skipped.append(out)
+            return
+        alpha = prediction["alpha"][0] if prediction["alpha"] is not None else None
+        save_image(out, prediction["sr"][0], alpha=alpha, grayscale=prediction["grayscale"],
+                   bit_depth=prediction["bit_depth"], quality=self.quality)
+        self.written.append(out)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        msg = f"predict: {len(self.written)} written to {self.output_dir}"
+        if self.skipped:
+            msg += f", {len(self.skipped)} already there (kept; --writer.overwrite true to replace)"
+        if self.failed:
+            msg += f", {len(self.failed)} unreadable:\n  " + "\n  ".join(self.failed)
+        print(msg)

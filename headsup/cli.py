@@ -1,0 +1,63 @@
+"""`headsup`: the Lightning command line (fit, validate, test, predict) of SRSystem + SRDataModule.
+
+    headsup fit --config configs/experiments/quickstart.yaml
+    headsup fit --config configs/experiments/quickstart.yaml --ckpt_path last       (resume)
+    headsup test --config configs/experiments/quickstart.yaml --ckpt_path runs/quickstart/checkpoints/last.ckpt
+    headsup predict --config ... --ckpt_path ... --data.predict_input photos/ --writer.output_dir out/
+
+Every component is given by class path and init args in the config; `--print_config`
+shows the resolved configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# frozen parts (VAE decoder, LPIPS, teachers) are in eval mode on purpose
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI  # noqa: E402
+
+from headsup.callbacks import PredictWriter, ResultsWriter, VersionedSaveConfig  # noqa: E402
+from headsup.data.datamodule import SRDataModule  # noqa: E402
+from headsup.data.io import ImageReadError  # noqa: E402
+from headsup.system import SRSystem  # noqa: E402
+
+
+class HeadsupCLI(LightningCLI):
+    """LightningCLI with the results and prediction writers always attached."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ResultsWriter, "results")
+        parser.add_lightning_class_args(PredictWriter, "writer")
+
+
+def build_cli(args: ArgsType = None, run: bool = True) -> HeadsupCLI:
+    """Parse `args` (the command line when None) and build model, data and trainer; `run=False`
+    stops there (notebooks: `build_cli(["--config", path], run=False).model`)."""
+    return HeadsupCLI(
+        SRSystem,
+        SRDataModule,
+        save_config_callback=VersionedSaveConfig,
+        seed_everything_default=0,
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+    )
+
+
+def main(args: ArgsType = None) -> int:
+    """Entry point of the `headsup` command; returns the exit status."""
+    try:
+        build_cli(args)
+    except (FileNotFoundError, ImageReadError) as err:
+        print(f"headsup: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

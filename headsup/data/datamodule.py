@@ -1,0 +1,143 @@
+"""SRDataModule: HQ crops for training, named evaluation sets, and on-device degradation.
+
+Datasets return HQ images only (or LQ/HQ pairs for paired sets); the degradation runs
+in `on_after_batch_transfer`, batched on the batch's device and outside autocast.
+Training draws parameters from a generator seeded with seed + global rank; HQ-only
+evaluation sets draw each image's parameters from its own index seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from headsup.data.datasets import EvalDataset, PredictDataset, RandomCropDataset
+from headsup.data.specs import DatasetSpec
+from headsup.degradations import BicubicDegradation, Degradation
+
+
+def collate(items: list[dict]) -> dict[str, Any]:
+    """Stack tensors of equal shape; keep everything else as lists."""
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if isinstance(values[0], torch.Tensor) and all(v.shape == values[0].shape for v in values):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out
+
+
+class SRDataModule(L.LightningDataModule):
+    """Training crops, validation/test sets and prediction inputs for super-resolution.
+
+    Args:
+        train: HQ sets to draw random training crops from.
+        val_sets: Named validation sets (paired, or HQ-only with deterministic degradation).
+        test_sets: Named test sets, one dataloader each.
+        degradation: HQ -> LQ model applied on the device to training and HQ-only sets.
+        crop_size: HQ training crop size (a multiple of the scale).
+        batch_size: Training batch size per device.
+        eval_batch_size: Validation/test batch size (1 for whole images of different sizes).
+        num_workers: DataLoader worker processes.
+        seed: Base seed of the training degradation generator (plus the global rank).
+        predict_input: Image file or folder to enhance with `predict`.
+    """
+
+    def __init__(
+        self,
+        train: list[DatasetSpec] | None = None,
+        val_sets: list[DatasetSpec] | None = None,
+        test_sets: list[DatasetSpec] | None = None,
+        degradation: Degradation | None = None,
+        crop_size: int = 256,
+        batch_size: int = 4,
+        eval_batch_size: int = 1,
+        num_workers: int = 2,
+        seed: int = 0,
+        predict_input: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.train_specs = list(train or [])
+        self.val_specs = list(val_sets or [])
+        self.test_specs = list(test_sets or [])
+        self.degradation = degradation or BicubicDegradation()
+        self.scale = self.degradation.scale
+        if crop_size % self.scale:
+            raise ValueError(f"data.crop_size={crop_size} is not a multiple of the scale {self.scale}")
+        self.crop_size = crop_size
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.predict_input = predict_input
+        self._generator: torch.Generator | None = None
+        for specs in (self.val_specs, self.test_specs):
+            names = [s.name for s in specs]
+            if len(set(names)) != len(names):
+                raise ValueError(f"dataset names must be unique, got {names}")
+
+    @property
+    def test_names(self) -> list[str]:
+        return [s.name for s in self.test_specs]
+
+    @property
+    def val_names(self) -> list[str]:
+        return [s.name for s in self.val_specs]
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            drop_last=shuffle,
+            persistent_workers=shuffle and self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if not self.train_specs:
+            raise ValueError("no training data: set data.train to a list of DatasetSpec")
+        dataset = ConcatDataset([RandomCropDataset(s, self.crop_size) for s in self.train_specs])
+        return self._loader(dataset, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._loader(EvalDataset(s, self.scale), self.eval_batch_size, False) for s in self.val_specs]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        if not self.test_specs:
+            raise ValueError("no test sets: set data.test_sets to a list of DatasetSpec")
+        return [self._loader(EvalDataset(s, self.scale), self.eval_batch_size, False) for s in self.test_specs]
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_input is None:
+            raise ValueError("nothing to predict: set --data.predict_input to an image file or folder")
+        return self._loader(PredictDataset(self.predict_input), 1, False)
+
+    def _train_generator(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            rank = self.trainer.global_rank if self.trainer is not None else 0
+            self._generator = torch.Generator(device=device).manual_seed(self.seed + rank)
+        return self._generator
+
+    @torch.no_grad()
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if "hq" not in batch or "lq" in batch:
+            return batch
+        hq = batch["hq"].float()
+        training = self.trainer is not None and self.trainer.training
+        if training:
+            params = self.degradation.sample(hq.shape[0], generator=self._train_generator(hq.device), device=hq.device)
+        else:
+            params = self.degradation.sample_indexed(batch["seed"].tolist(), device=hq.device)
+        with torch.autocast(device_type=hq.device.type, enabled=False):
+            batch["lq"] = self.degradation(hq, params)
+        batch["hq"] = hq
+        return batch

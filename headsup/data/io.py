@@ -1,0 +1,188 @@
+"""Image reading and writing that survives what real photo folders contain.
+
+Reads PNG/JPEG/WebP/TIFF/BMP through Pillow, applies EXIF orientation, and
+normalises every mode (grayscale, palette, RGBA, 16-bit) to a float RGB tensor in
+[0, 1] plus what is needed to write the result back in the input's own form
+(alpha plane, grayscale flag, bit depth). Failures raise `ImageReadError`
+naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+
+
+class ImageReadError(RuntimeError):
+    """An image file could not be decoded; the message names the file."""
+
+
+@dataclass
+class LoadedImage:
+    """An image as float RGB in [0, 1] (3, H, W) plus how to write it back.
+
+    Attributes:
+        rgb: Colour planes, float32, (3, H, W).
+        alpha: Alpha plane (1, H, W) in [0, 1], or None.
+        grayscale: The file held a single luminance channel.
+        bit_depth: 8 or 16 bits per channel in the file.
+    """
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor | None = None
+    grayscale: bool = False
+    bit_depth: int = 8
+
+
+def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Image files under `root`, sorted by relative path.
+
+    Raises:
+        FileNotFoundError: `root` does not exist.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    if root.is_file():
+        return [root]
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _to_float(array: np.ndarray) -> tuple[np.ndarray, int]:
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0, 8
+    if array.dtype in (np.uint16, np.int32, np.int16, np.uint32):
+        return np.clip(array.astype(np.float32) / 65535.0, 0.0, 1.0), 16
+    if array.dtype == bool:
+        return array.astype(np.float32), 8
+    if np.issubdtype(array.dtype, np.floating):
+        return np.clip(array.astype(np.float32), 0.0, 1.0), 16
+    raise ImageReadError(f"unsupported pixel type {array.dtype}")
+
+
+def read_image(path: str | os.PathLike) -> LoadedImage:
+    """Decode `path` into a `LoadedImage`.
+
+    Raises:
+        ImageReadError: the file is missing, empty, truncated or not an image.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            img.load()
+    except FileNotFoundError as err:
+        raise ImageReadError(f"image not found: {path}") from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"cannot read image {path}: {err}") from err
+    return pil_to_loaded(img, path)
+
+
+def pil_to_loaded(img: Image.Image, name: str | os.PathLike = "<image>") -> LoadedImage:
+    """Normalise a Pillow image of any mode; see `read_image`."""
+    mode = img.mode
+    alpha = None
+    grayscale = mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA"):
+        alpha = np.asarray(img.getchannel("A"))
+        img = img.convert("RGB" if mode == "RGBA" else "L")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        img = img.convert("RGB")
+    array = np.asarray(img)
+    try:
+        planes, bit_depth = _to_float(array)
+    except ImageReadError as err:
+        raise ImageReadError(f"cannot read image {name}: {err}") from err
+    if planes.ndim == 2:
+        planes = np.repeat(planes[..., None], 3, axis=2)
+    if planes.ndim != 3 or planes.shape[2] != 3:
+        raise ImageReadError(f"cannot read image {name}: unexpected shape {array.shape} (mode {mode})")
+    rgb = torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))
+    alpha_t = None
+    if alpha is not None:
+        alpha_f, _ = _to_float(alpha)
+        alpha_t = torch.from_numpy(np.ascontiguousarray(alpha_f))[None]
+    return LoadedImage(rgb=rgb, alpha=alpha_t, grayscale=grayscale, bit_depth=bit_depth)
+
+
+def to_uint(image: torch.Tensor, bit_depth: int = 8) -> np.ndarray:
+    """(C, H, W) float in [0, 1] -> (H, W, C) uint8/uint16 array, rounded."""
+    peak = 255.0 if bit_depth == 8 else 65535.0
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    array = (image.detach().float().clamp(0, 1) * peak).round().cpu().numpy().astype(dtype)
+    return array.transpose(1, 2, 0)
+
+
+def save_image(
+    path: str | os.PathLike,
+    rgb: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    grayscale: bool = False,
+    bit_depth: int = 8,
+    quality: int = 95,
+) -> Path:
+    """Write an image atomically (temporary file then rename), keeping the input's form.
+
+    Grayscale sources are written as luminance (ITU-R BT.601 weights), alpha is re-attached,
+    16-bit is kept where the format allows it (PNG, TIFF).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".tif", ".tiff"):
+        bit_depth = 8
+    if grayscale:
+        weights = torch.tensor([0.299, 0.587, 0.114], device=rgb.device, dtype=rgb.dtype).view(3, 1, 1)
+        rgb = (rgb * weights).sum(0, keepdim=True)
+    planes = [rgb] + ([alpha] if alpha is not None and suffix not in (".jpg", ".jpeg") else [])
+    array = to_uint(torch.cat(planes, 0), bit_depth)
+    if array.shape[2] == 1:
+        array = array[..., 0]
+    if bit_depth == 16 and array.ndim == 3:
+        # Pillow cannot hold 16-bit colour; PNG through OpenCV keeps it.
+        import cv2
+
+        order = [2, 1, 0, 3][: array.shape[2]]
+        ok, data = cv2.imencode(suffix, np.ascontiguousarray(array[..., order]))
+        if not ok:
+            raise OSError(f"could not encode {path}")
+        payload = data.tobytes()
+        _atomic_write_bytes(path, payload)
+        return path
+    if bit_depth == 16:
+        img = Image.fromarray(array.astype(np.uint16))
+    else:
+        img = Image.fromarray(array)
+    kwargs = {"quality": quality} if suffix in (".jpg", ".jpeg", ".webp") else {}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
+    os.close(fd)
+    try:
+        img.save(tmp, **kwargs)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,37 @@
+"""Named dataset descriptions used for training, validation and test sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class DatasetSpec:
+    """One named set of images.
+
+    Exactly one of `hq` (a folder) or `manifest` (a file listing images) gives the HQ
+    images. With `lq` the set is paired: LQ and HQ files are matched by file name stem.
+    Without it, LQ is synthesised by the DataModule's degradation with parameters seeded
+    by `seed + index`, so the set is the same in every run.
+
+    Args:
+        name: Set name used in logs and result tables.
+        hq: Folder of HQ images (searched recursively).
+        lq: Folder of LQ images paired with `hq` by file name.
+        manifest: Text file with one image path per line (relative to the file), or JSON
+            Lines with a "path" field.
+        kind: What the set holds: portrait, general or face.
+        seed: Base seed of the synthetic degradation of HQ-only evaluation sets.
+        center_crop: Evaluate on a centred HQ crop of this size (None: whole image).
+        repeat: Times the set is repeated per training epoch.
+    """
+
+    name: str
+    hq: str | None = None
+    lq: str | None = None
+    manifest: str | None = None
+    kind: Literal["portrait", "general", "face"] = "general"
+    seed: int = 0
+    center_crop: int | None = None
+    repeat: int = 1

@@ -1,0 +1,6 @@
+"""Batched, device-agnostic HQ -> LQ degradations (no Lightning imports here)."""
+
+from headsup.degradations.base import Degradation
+from headsup.degradations.bicubic import BicubicDegradation
+
+__all__ = ["Degradation", "BicubicDegradation"]

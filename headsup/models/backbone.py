@@ -1,0 +1,168 @@
+"""Where the generator's Stable Diffusion parts come from.
+
+A `BackboneSource` builds a `Backbone`: the VAE, the UNet, the noise schedule
+(alphas_cumprod and prediction type) and a fixed prompt embedding. Real runs load
+a local diffusers folder (SD 2.1-base or SD-Turbo layout) with
+`from_pretrained(path, local_files_only=True)`; tests and the quickstart build
+models from config dicts. Nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+# Noise schedule of SD 1.x/2.x (DDPM, 1000 steps, "scaled_linear" betas).
+SD_SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+}
+
+# Architecture of stabilityai/stable-diffusion-2-1-base (865.9M UNet, 83.7M VAE parameters).
+SD21_BASE_UNET = {
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [320, 640, 1280, 1280],
+    "layers_per_block": 2,
+    "attention_head_dim": [5, 10, 20, 20],
+    "cross_attention_dim": 1024,
+    "use_linear_projection": True,
+    "norm_num_groups": 32,
+}
+SD21_BASE_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+
+
+@dataclass
+class Backbone:
+    """The pretrained parts a one-step generator is built from.
+
+    Attributes:
+        vae: The autoencoder (its decoder stays frozen).
+        unet: The denoising UNet.
+        alphas_cumprod: (T,) cumulative products of the noise schedule's alphas.
+        prediction_type: "epsilon", "v_prediction" or "sample".
+        prompt_embeds: (1, L, D) embedding of the fixed (empty) prompt.
+    """
+
+    vae: AutoencoderKL
+    unet: UNet2DConditionModel
+    alphas_cumprod: torch.Tensor
+    prediction_type: str
+    prompt_embeds: torch.Tensor
+
+
+class BackboneSource:
+    """Builds a `Backbone`; subclasses say from where."""
+
+    def build(self) -> Backbone:
+        raise NotImplementedError
+
+
+def _schedule(config: dict) -> tuple[torch.Tensor, str]:
+    known = {k: v for k, v in config.items() if not k.startswith("_")}
+    scheduler = DDPMScheduler.from_config(known)
+    return scheduler.alphas_cumprod.clone().float(), scheduler.config.prediction_type
+
+
+class DiffusersFolder(BackboneSource):
+    """Load UNet, VAE, scheduler and (if present) text encoder from a local diffusers folder.
+
+    The text encoder, when the folder has one, runs once here to embed the empty prompt
+    and is then dropped: no text encoder runs per training step.
+
+    Args:
+        path: Folder with `unet/`, `vae/`, `scheduler/` and optionally `text_encoder/` + `tokenizer/`.
+        prompt: The fixed prompt to embed (empty, as in OSEDiff without a tagger).
+    """
+
+    def __init__(self, path: str, prompt: str = "") -> None:
+        self.path = path
+        self.prompt = prompt
+
+    def build(self) -> Backbone:
+        root = Path(self.path).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"diffusers folder not found: {root} (backbone path; point it at a local "
+                "SD 2.1-base or SD-Turbo folder with unet/ and vae/ subfolders)"
+            )
+        for sub in ("unet", "vae"):
+            if not (root / sub).is_dir():
+                raise FileNotFoundError(f"diffusers folder {root} has no '{sub}/' subfolder")
+        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=True)
+        scheduler_file = root / "scheduler" / "scheduler_config.json"
+        config = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else SD_SCHEDULER
+        alphas_cumprod, prediction_type = _schedule(config)
+        if (root / "text_encoder").is_dir() and (root / "tokenizer").is_dir():
+            prompt_embeds = self._embed_prompt(root)
+        else:
+            prompt_embeds = torch.zeros(1, 77, unet.config.cross_attention_dim)
+        return Backbone(vae, unet, alphas_cumprod, prediction_type, prompt_embeds)
+
+    @torch.no_grad()
+    def _embed_prompt(self, root: Path) -> torch.Tensor:
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True)
+        encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", local_files_only=True)
+        ids = tokenizer(
+            [self.prompt], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return encoder(ids)[0].float()
+
+
+class FromConfig(BackboneSource):
+    """Randomly initialised UNet and VAE built from diffusers config dicts.
+
+    Args:
+        unet: `UNet2DConditionModel` constructor arguments.
+        vae: `AutoencoderKL` constructor arguments.
+        scheduler: `DDPMScheduler` config (defaults to SD's schedule).
+        prompt_length: Token count of the (zero) prompt embedding.
+        seed: Seed of the random initialisation.
+    """
+
+    def __init__(
+        self,
+        unet: dict | None = None,
+        vae: dict | None = None,
+        scheduler: dict | None = None,
+        prompt_length: int = 77,
+        seed: int = 0,
+    ) -> None:
+        self.unet = dict(unet or SD21_BASE_UNET)
+        self.vae = dict(vae or SD21_BASE_VAE)
+        self.scheduler = dict(scheduler or SD_SCHEDULER)
+        self.prompt_length = prompt_length
+        self.seed = seed
+
+    def build(self) -> Backbone:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            unet = UNet2DConditionModel(**self.unet)
+            vae = AutoencoderKL(**self.vae)
+        alphas_cumprod, prediction_type = _schedule(self.scheduler)
+        prompt = torch.zeros(1, self.prompt_length, unet.config.cross_attention_dim)
+        return Backbone(vae, unet, alphas_cumprod, prediction_type, prompt)

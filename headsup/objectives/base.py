@@ -1,0 +1,65 @@
+"""The objective contract of the training step.
+
+An `Objective` turns a `StepContext` (the batch and one generator pass) into a
+generator loss. Objectives that own trainable helpers (a fake-score network, a
+discriminator) also return an auxiliary loss on detached outputs and bring their
+own optimizer. `SRSystem` weights and sums the generator losses, steps the
+generator once, then steps each auxiliary objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepContext:
+    """Everything an objective may look at in one training step.
+
+    Attributes:
+        lq: Degraded input (B, 3, h, w) in [0, 1].
+        hq: Target (B, 3, H, W) in [0, 1].
+        sr: Generator output (B, 3, H, W) in [0, 1], with gradient.
+        latent: Generator's clean latent estimate, with gradient.
+        step: Number of generator updates done so far.
+        batch: The whole batch (face boxes, masks, references, ...).
+    """
+
+    lq: torch.Tensor
+    hq: torch.Tensor
+    sr: torch.Tensor
+    latent: torch.Tensor | None = None
+    step: int = 0
+    batch: dict[str, Any] = field(default_factory=dict)
+
+
+class Objective(nn.Module):
+    """A weighted loss term.
+
+    Args:
+        weight: Multiplier of the term in the generator loss.
+        start_step: Generator update from which the term is active.
+    """
+
+    def __init__(self, weight: float = 1.0, start_step: int = 0) -> None:
+        super().__init__()
+        self.weight = weight
+        self.start_step = start_step
+
+    def active(self, step: int) -> bool:
+        return self.weight != 0 and step >= self.start_step
+
+    def generator_loss(self, ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def aux_loss(self, ctx: StepContext) -> torch.Tensor | None:
+        """Loss of the objective's own trainable helpers, or None if it has none."""
+        return None
+
+    def configure_optimizer(self) -> torch.optim.Optimizer | None:
+        """Optimizer of the helpers trained by `aux_loss`, or None."""
+        return None

@@ -1,0 +1,242 @@
+"""SRSystem: the LightningModule that trains and evaluates a one-step SR generator.
+
+Training step (manual optimisation): one generator pass; the weighted sum of the
+active objectives' generator losses; one generator update; then each objective
+that owns trainable helpers (fake score, discriminator) steps on its auxiliary
+loss. Generator updates are counted in a buffer (`generator_updates`), since
+`trainer.global_step` counts every optimizer step.
+
+Checkpoints hold only what is trained: the keys of parameters that required
+gradients at construction (LoRA, conv_in, helpers) plus the update counter. Frozen
+weights come back from the backbone source when the model is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+from torchmetrics import MetricCollection
+from torchvision.utils import make_grid
+
+from headsup.metrics.full_reference import PSNR, SSIM
+from headsup.models.generator import OneStepSR
+from headsup.objectives.base import Objective, StepContext
+from headsup.objectives.reconstruction import PixelMSE
+
+
+def _adamw(params):
+    return torch.optim.AdamW(params, lr=5e-5)
+
+
+class SRSystem(L.LightningModule):
+    """Trains `generator` with named objectives; evaluates PSNR/SSIM against bicubic.
+
+    Args:
+        generator: The one-step SR generator.
+        objectives: Named loss terms, e.g. {"mse": PixelMSE, "lpips": LPIPSLoss}; the name is
+            the log key and the command-line handle (`--model.objectives.mse.init_args.weight`).
+        optimizer: Generator optimizer (over trainable generator parameters).
+        lr_scheduler: Optional scheduler of the generator optimizer, stepped per update.
+        grad_clip: Max gradient norm of the generator update (None: no clipping).
+        method: Name of this model in result tables.
+        log_images: Validation images per set logged as LQ / SR / HQ grids.
+    """
+
+    def __init__(
+        self,
+        generator: OneStepSR,
+        objectives: dict[str, Objective] | None = None,
+        optimizer: OptimizerCallable = _adamw,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        grad_clip: float | None = 1.0,
+        method: str = "headsup",
+        log_images: int = 2,
+    ) -> None:
+        super().__init__()
+        # Under the CLI the hyperparameters are the parsed config (class paths and init args);
+        # built by hand, the component objects are not stored.
+        under_cli = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=[] if under_cli else ["generator", "objectives", "optimizer", "lr_scheduler"])
+        self.automatic_optimization = False
+        self.strict_loading = False
+        self.generator = generator
+        self.objectives = nn.ModuleDict(objectives if objectives is not None else {"mse": PixelMSE()})
+        if not self.objectives:
+            raise ValueError("model.objectives is empty: give at least one loss term")
+        self.optimizer_fn = optimizer
+        self.lr_scheduler_fn = lr_scheduler
+        self.grad_clip = grad_clip
+        self.method = method
+        self.log_images = log_images
+        self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
+        self._checkpoint_keys = {n for n, p in self.named_parameters() if p.requires_grad} | {"generator_updates"}
+        self._aux_names: list[str] = []
+        self._metrics: dict[str, MetricCollection] = {}
+        self.test_results: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        params = [p for p in self.generator.parameters() if p.requires_grad]
+        optimizers = [self.optimizer_fn(params)]
+        self._aux_names = []
+        for name, objective in self.objectives.items():
+            aux = objective.configure_optimizer()
+            if aux is not None:
+                optimizers.append(aux)
+                self._aux_names.append(name)
+        if self.lr_scheduler_fn is None:
+            return optimizers
+        return optimizers, [{"scheduler": self.lr_scheduler_fn(optimizers[0]), "interval": "step"}]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        step = int(self.generator_updates)
+        out = self.generator.generate(batch["lq"])
+        ctx = StepContext(batch["lq"], batch["hq"], out.image, out.latent, step, batch)
+
+        losses: dict[str, torch.Tensor] = {}
+        total = out.image.new_zeros(())
+        for name, objective in self.objectives.items():
+            if objective.active(step):
+                losses[name] = objective.generator_loss(ctx)
+                total = total + objective.weight * losses[name]
+        gen_opt = optimizers[0]
+        gen_opt.zero_grad(set_to_none=True)
+        self.manual_backward(total)
+        if self.grad_clip:
+            self.clip_gradients(gen_opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        gen_opt.step()
+
+        detached = StepContext(ctx.lq, ctx.hq, out.image.detach(), out.latent.detach(), step, batch)
+        for name, opt in zip(self._aux_names, optimizers[1:]):
+            objective = self.objectives[name]
+            if not objective.active(step):
+                continue
+            aux = objective.aux_loss(detached)
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(aux)
+            opt.step()
+            losses[f"{name}_aux"] = aux
+
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        self.generator_updates += 1
+
+        bs = batch["lq"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=bs)
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
+        self.log("train/lr", gen_opt.param_groups[0]["lr"], batch_size=bs)
+        self.log("train/generator_updates", float(step + 1), batch_size=bs)
+        return total.detach()
+
+    # ------------------------------------------------------------------ evaluation
+    def _metric(self, key: str, crop_border: int) -> MetricCollection:
+        if key not in self._metrics:
+            collection = MetricCollection({"psnr_y": PSNR(crop_border), "ssim_y": SSIM(crop_border)})
+            self._metrics[key] = collection
+        return self._metrics[key].to(self.device)
+
+    def _set_name(self, stage: str, dataloader_idx: int) -> str:
+        dm = getattr(self.trainer, "datamodule", None)
+        names = getattr(dm, f"{stage}_names", None) if dm is not None else None
+        return names[dataloader_idx] if names else f"set{dataloader_idx}"
+
+    def _bicubic(self, lq: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(lq, scale_factor=self.generator.scale, mode="bicubic", align_corners=False).clamp(0, 1)
+
+    def _evaluate(self, stage: str, batch: dict, batch_idx: int, dataloader_idx: int) -> dict:
+        name = self._set_name(stage, dataloader_idx)
+        scale = self.generator.scale
+        sr = self.generator(batch["lq"]).float()
+        hq = batch["hq"].float()
+        self._metric(f"{stage}/{name}/{self.method}", scale).update(sr, hq)
+        self._metric(f"{stage}/{name}/bicubic", scale).update(self._bicubic(batch["lq"].float()), hq)
+        return {"set": name, "sr": sr, "names": batch["name"]}
+
+    def _finish(self, stage: str) -> dict[str, dict[str, dict[str, float]]]:
+        results: dict[str, dict[str, dict[str, float]]] = {}
+        for key, collection in self._metrics.items():
+            if not key.startswith(f"{stage}/"):
+                continue
+            _, name, method = key.split("/")
+            values = {k: float(v) for k, v in collection.compute().items()}
+            results.setdefault(name, {})[method] = values
+            count = int(next(iter(collection.values())).count)
+            results[name].setdefault("_images", count)
+            flat = {f"{stage}/{name}/{method}/{metric}": value for metric, value in values.items()}
+            if stage == "val":
+                self.log_dict(flat)
+            elif self.logger is not None:
+                self.logger.log_metrics(flat, step=int(self.generator_updates))
+            collection.reset()
+        self._metrics = {k: v for k, v in self._metrics.items() if not k.startswith(f"{stage}/")}
+        return results
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        out = self._evaluate("val", batch, batch_idx, dataloader_idx)
+        if batch_idx < self.log_images and isinstance(self.logger, TensorBoardLogger):
+            lq_up = F.interpolate(batch["lq"].float(), scale_factor=self.generator.scale, mode="nearest")
+            grid = make_grid(torch.cat([lq_up[:1], out["sr"][:1], batch["hq"][:1].float()]).clamp(0, 1), nrow=3)
+            self.logger.experiment.add_image(
+                f"val/{out['set']}/{out['names'][0]}", grid, global_step=int(self.generator_updates)
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        self._finish("val")
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self._evaluate("test", batch, batch_idx, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._finish("test")
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        if batch.get("error") and batch["error"][0]:
+            return {"error": batch["error"][0], "path": batch["path"][0]}
+        lq = batch["lq"]
+        sr = self.generator(lq).float()
+        alpha = batch["alpha"]
+        if alpha.numel():
+            alpha = self._bicubic(alpha.float())
+        return {"sr": sr, "alpha": alpha if alpha.numel() else None, "path": batch["path"][0],
+                "relpath": batch["relpath"][0], "grayscale": batch["grayscale"][0],
+                "bit_depth": int(batch["bit_depth"][0])}
+
+    # ------------------------------------------------------------------ checkpoints
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        scale = getattr(dm, "scale", None)
+        if scale is not None and scale != self.generator.scale:
+            raise ValueError(
+                f"data.degradation scale ({scale}) differs from model.generator scale ({self.generator.scale})"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in self._checkpoint_keys}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("state_dict", {})
+        own = self.state_dict()
+        unexpected = sorted(set(saved) - set(own))
+        missing = sorted(self._checkpoint_keys - set(saved))
+        wrong = sorted(k for k in set(saved) & set(own) if saved[k].shape != own[k].shape)
+        if unexpected or missing or wrong:
+            raise RuntimeError(
+                "checkpoint does not fit this model (another configuration or model shape?): "
+                f"{len(missing)} trainable tensors missing {missing[:3]}, {len(unexpected)} unexpected "
+                f"{unexpected[:3]}, {len(wrong)} of another shape {wrong[:3]}"
+            )
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps: trainable tensors and the update counter."""
+        return {k: v for k, v in self.state_dict().items() if k in self._checkpoint_keys}
+

@@ -1,0 +1,1 @@
+"""Tiny, randomly initialised components for tests, the quickstart and notebooks."""

@@ -1,0 +1,131 @@
+"""Tiny SD-shaped components: the same classes as the real model, a thousandth the size.
+
+The UNet keeps SD's block structure (cross-attention blocks with linear projections,
+attention only at the coarsest level so its cost stays bounded on large inputs) with
+three levels of 32/32/64 channels and 8 channels per norm group, as SD has;
+the VAE has one level (no downsampling) and 4 latent channels, so that a short
+autoencoder pretraining (`pretrain_tiny_backbone`) reaches a usable decoder on a
+CPU in about half a minute. A forward pass takes milliseconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+from headsup.models.backbone import FromConfig
+
+TINY_UNET = {
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+    "block_out_channels": [32, 32, 64],
+    "layers_per_block": 1,
+    "attention_head_dim": 8,
+    "cross_attention_dim": 32,
+    "use_linear_projection": True,
+    "norm_num_groups": 8,
+}
+TINY_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D"],
+    "block_out_channels": [32],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 8,
+    "mid_block_add_attention": False,
+    "sample_size": 64,
+    "scaling_factor": 0.5,
+}
+
+
+class TinySD(FromConfig):
+    """`FromConfig` with the tiny UNet/VAE above (random weights, 8-token zero prompt).
+
+    Args:
+        seed: Seed of the random initialisation.
+        prompt_length: Token count of the prompt embedding.
+    """
+
+    def __init__(self, seed: int = 0, prompt_length: int = 8) -> None:
+        super().__init__(unet=TINY_UNET, vae=TINY_VAE, prompt_length=prompt_length, seed=seed)
+
+
+def _random_crops(images: list, n: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    out = []
+    for _ in range(n):
+        img = images[int(torch.randint(len(images), (1,), generator=generator))]
+        _, h, w = img.shape
+        y = int(torch.randint(h - size + 1, (1,), generator=generator))
+        x = int(torch.randint(w - size + 1, (1,), generator=generator))
+        out.append(img[:, y : y + size, x : x + size])
+    return torch.stack(out)
+
+
+def pretrain_tiny_backbone(
+    image_dir: str | Path,
+    out_dir: str | Path,
+    vae_steps: int = 600,
+    unet_steps: int = 200,
+    crop: int = 48,
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    seed: int = 0,
+    log_every: int = 100,
+) -> Path:
+    """Stand-in for "Stable Diffusion pretrained": fit the tiny VAE as an autoencoder and the
+    tiny UNet as an epsilon-prediction denoiser on crops of real photos, then save both as a
+    diffusers folder (unet/, vae/, scheduler/) that `DiffusersFolder` loads like a real one.
+
+    Returns:
+        The output folder.
+    """
+    from headsup.data.io import list_images, read_image
+    from headsup.models.backbone import SD_SCHEDULER, _schedule
+
+    files = list_images(image_dir)
+    images = [img.rgb for img in map(read_image, files) if min(img.rgb.shape[-2:]) >= crop]
+    if not images:
+        raise ValueError(f"no image of at least {crop}x{crop} px in {image_dir}")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae, unet = AutoencoderKL(**TINY_VAE), UNet2DConditionModel(**TINY_UNET)
+    opt = torch.optim.Adam(vae.parameters(), lr)
+    for step in range(vae_steps):
+        x = _random_crops(images, batch_size, crop, gen) * 2 - 1
+        loss = F.mse_loss(vae.decode(vae.encode(x).latent_dist.mode()).sample, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if log_every and (step + 1) % log_every == 0:
+            print(f"vae step {step + 1}/{vae_steps}: mse {loss.item():.4f}", flush=True)
+    vae.requires_grad_(False).eval()
+    alphas_cumprod, _ = _schedule(SD_SCHEDULER)
+    prompt = torch.zeros(batch_size, 8, TINY_UNET["cross_attention_dim"])
+    opt = torch.optim.Adam(unet.parameters(), lr)
+    for step in range(unet_steps):
+        x = _random_crops(images, batch_size, crop // 2, gen) * 2 - 1
+        z = vae.encode(x).latent_dist.mode() * TINY_VAE["scaling_factor"]
+        t = torch.randint(0, len(alphas_cumprod), (batch_size,), generator=gen)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        noise = torch.randn(z.shape, generator=gen)
+        pred = unet(a.sqrt() * z + (1 - a).sqrt() * noise, t, encoder_hidden_states=prompt).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if log_every and (step + 1) % log_every == 0:
+            print(f"unet step {step + 1}/{unet_steps}: eps mse {loss.item():.4f}", flush=True)
+    out = Path(out_dir)
+    vae.save_pretrained(out / "vae")
+    unet.save_pretrained(out / "unet")
+    DDPMScheduler(**SD_SCHEDULER).save_pretrained(out / "scheduler")
+    return out

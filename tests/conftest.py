@@ -1,0 +1,56 @@
+"""Offline, CPU-only fixtures shared by the test suite."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "experiments" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="session")
+def samples_dir(tmp_path_factory) -> Path:
+    """The package-shipped photos as train/test folders."""
+    from headsup.tools import write_samples
+
+    out = tmp_path_factory.mktemp("samples")
+    write_samples(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory, samples_dir) -> Path:
+    """A briefly pretrained tiny backbone saved as a diffusers folder (shorter than the quickstart's)."""
+    from headsup.testing.tiny import pretrain_tiny_backbone
+
+    torch.manual_seed(0)
+    return pretrain_tiny_backbone(
+        samples_dir / "train", tmp_path_factory.mktemp("tiny_sd"), vae_steps=300, unet_steps=100, log_every=0
+    )
+
+
+def make_config(tmp_path: Path, samples: Path, backbone: Path, **trainer) -> Path:
+    """The quickstart config with every path moved under tmp_path and trainer overrides applied."""
+    cfg = yaml.safe_load(QUICKSTART.read_text())
+    run = tmp_path / "run"
+    cfg["trainer"].update(default_root_dir=str(run), **trainer)
+    cfg["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path), name="run")
+    cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(run / "checkpoints")
+    cfg["model"]["generator"]["init_args"]["backbone"]["init_args"]["path"] = str(backbone)
+    cfg["data"]["train"][0]["hq"] = str(samples / "train")
+    cfg["data"]["val_sets"][0]["hq"] = str(samples / "test" / "portrait")
+    cfg["data"]["test_sets"][0]["hq"] = str(samples / "test" / "portrait")
+    cfg["data"]["test_sets"][1]["hq"] = str(samples / "test" / "general")
+    cfg["data"]["num_workers"] = 0
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path

@@ -1,0 +1,113 @@
+"""OneStepSR: shapes, what trains, local-folder loading, full-size architecture on the meta device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from headsup.models.backbone import SD21_BASE_UNET, SD21_BASE_VAE, DiffusersFolder
+from headsup.models.generator import OneStepSR
+from headsup.models.lora import UNET_TARGETS, VAE_ENCODER_TARGETS, LoRASpec, add_lora, resolve_targets
+from headsup.testing.tiny import TinySD
+
+
+@pytest.fixture(scope="module")
+def generator():
+    torch.manual_seed(0)
+    return OneStepSR(TinySD())
+
+
+def test_x4_output_shape_exact_for_odd_sizes(generator):
+    for h, w in [(16, 16), (13, 17), (9, 30)]:
+        with torch.no_grad():
+            out = generator(torch.rand(2, 3, h, w))
+        assert out.shape == (2, 3, 4 * h, 4 * w)
+        assert 0 <= out.min() and out.max() <= 1
+
+
+def test_gradients_reach_lora_and_conv_in_only(generator):
+    generator.zero_grad(set_to_none=True)
+    generator(torch.rand(1, 3, 8, 8)).mean().backward()
+    with_grad = {n for n, p in generator.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    trainable = {n for n, p in generator.named_parameters() if p.requires_grad}
+    assert with_grad, "no gradient reached any parameter"
+    assert with_grad <= trainable
+    assert all("lora_" in n or n.startswith("unet.conv_in.") for n in trainable)
+    assert {"unet.conv_in.weight", "unet.conv_in.bias"} <= trainable
+    assert any(n.startswith("vae.encoder.") and "lora_" in n for n in trainable)
+    assert not any(n.startswith(("vae.decoder.", "vae.post_quant_conv.")) for n in trainable)
+    assert not generator.vae.decoder.training
+
+
+def test_lora_starts_as_identity():
+    torch.manual_seed(0)
+    lq = torch.rand(1, 3, 8, 8)
+    plain = TinySD().build()
+    gen = OneStepSR(TinySD())
+    with torch.no_grad():
+        z = plain.vae.encode(torch.nn.functional.interpolate(lq, scale_factor=4, mode="bicubic").clamp(0, 1) * 2 - 1)
+        z = z.latent_dist.mode() * plain.vae.config.scaling_factor
+        assert torch.allclose(gen.encode(lq), z, atol=1e-5)
+
+
+def test_clean_latent_from_epsilon(generator):
+    # with the UNet's prediction forced to eps, z0 = (z - sqrt(1 - abar) eps) / sqrt(abar) exactly
+    z = torch.randn(1, 4, 8, 8)
+    eps = torch.randn_like(z)
+    a = generator.alpha_bar
+    unet_forward = generator.unet.forward
+    generator.unet.forward = lambda *args, **kw: type("O", (), {"sample": eps})()
+    try:
+        z0 = generator.denoise(z)
+    finally:
+        generator.unet.forward = unet_forward
+    assert torch.allclose(z0, (z - (1 - a).sqrt() * eps) / a.sqrt())
+    assert 0 < float(a) < 0.01  # abar at t=999 of SD's schedule
+
+
+def test_save_pretrained_then_load_local_folder(tmp_path):
+    parts = TinySD(seed=3).build()
+    parts.unet.save_pretrained(tmp_path / "unet")
+    parts.vae.save_pretrained(tmp_path / "vae")
+    loaded = DiffusersFolder(str(tmp_path)).build()
+    for a, b in [(parts.unet, loaded.unet), (parts.vae, loaded.vae)]:
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert loaded.prediction_type == "epsilon"
+    assert loaded.prompt_embeds.shape == (1, 77, parts.unet.config.cross_attention_dim)
+    gen = OneStepSR(DiffusersFolder(str(tmp_path)))
+    assert gen(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
+
+
+def test_missing_backbone_folder_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        DiffusersFolder(str(tmp_path / "nowhere")).build()
+    (tmp_path / "half").mkdir()
+    with pytest.raises(FileNotFoundError, match="unet"):
+        DiffusersFolder(str(tmp_path / "half")).build()
+
+
+def test_misspelt_lora_target_fails():
+    with pytest.raises(ValueError, match="match no module"):
+        OneStepSR(TinySD(), unet_lora=LoRASpec(targets=["to_qq"]))
+
+
+def test_full_size_sd21_base_on_meta_device():
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD21_BASE_UNET)
+        vae = AutoencoderKL(**SD21_BASE_VAE)
+    n_unet = sum(p.numel() for p in unet.parameters())
+    n_vae = sum(p.numel() for p in vae.parameters())
+    assert abs(n_unet - 865.9e6) < 0.5e6, n_unet
+    assert abs(n_vae - 83.65e6) < 0.5e6, n_vae
+    enc = resolve_targets(vae, VAE_ENCODER_TARGETS, "encoder.")
+    assert enc and all(n.startswith("encoder.") for n in enc)
+    resolved = resolve_targets(unet, UNET_TARGETS)
+    for suffix in ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2", "conv1", "time_emb_proj"):
+        assert any(n.endswith("." + suffix) for n in resolved), suffix
+    names = add_lora(unet, LoRASpec(rank=4, alpha=4, targets=UNET_TARGETS))
+    lora_params = sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n)
+    assert names == resolved and len(names) > 250
+    assert 1e6 < lora_params < 2e7, lora_params
