@@ -38,7 +38,7 @@ def tiny_sd_dir(tmp_path_factory, samples_dir) -> Path:
     )
 
 
-def make_config(tmp_path: Path, samples: Path, backbone: Path, **trainer) -> Path:
+def make_config(tmp_path: Path, samples: Path, backbone: Path, test_crop: int = 64, **trainer) -> Path:
     """The quickstart config with every path moved under tmp_path and trainer overrides applied."""
     cfg = yaml.safe_load(QUICKSTART.read_text())
     run = tmp_path / "run"
@@ -50,6 +50,8 @@ def make_config(tmp_path: Path, samples: Path, backbone: Path, **trainer) -> Pat
     cfg["data"]["val_sets"][0]["hq"] = str(samples / "test" / "portrait")
     cfg["data"]["test_sets"][0]["hq"] = str(samples / "test" / "portrait")
     cfg["data"]["test_sets"][1]["hq"] = str(samples / "test" / "general")
+    for spec in cfg["data"]["test_sets"]:
+        spec["center_crop"] = test_crop
     cfg["data"]["num_workers"] = 0
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))

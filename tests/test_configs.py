@@ -16,7 +16,7 @@ YAMLS = sorted(p for d in ("configs", "benchmarks") for p in (ROOT / d).rglob("*
 def parse(*configs: Path | str, extra: list[str] | None = None) -> int:
     args = ["fit"] + [a for c in configs for a in ("--config", str(c))] + (extra or []) + ["--print_config"]
     with pytest.raises(SystemExit) as exc:
-        build_cli(args, run=False)
+        build_cli(args)
     return exc.value.code
 
 

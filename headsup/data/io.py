@@ -78,13 +78,41 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     path = Path(path)
     try:
         with Image.open(path) as img:
+            deep_colour = img.mode in ("RGB", "RGBA") and _bits_per_sample(img) == 16
             img = ImageOps.exif_transpose(img)
             img.load()
     except FileNotFoundError as err:
         raise ImageReadError(f"image not found: {path}") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"cannot read image {path}: {err}") from err
+    if deep_colour:
+        return _read_deep_colour(path)
     return pil_to_loaded(img, path)
+
+
+def _bits_per_sample(img: Image.Image) -> int:
+    """Bit depth stored in the file (Pillow decodes 16-bit colour to 8 bits)."""
+    if img.format == "PNG":
+        with open(img.filename, "rb") as handle:
+            header = handle.read(25)
+        return header[24] if len(header) == 25 else 8
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(258, (8,))
+        return int(bits[0] if isinstance(bits, tuple) else bits)
+    return 8
+
+
+def _read_deep_colour(path: Path) -> LoadedImage:
+    import cv2
+
+    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if array is None or array.ndim != 3:
+        raise ImageReadError(f"cannot read 16-bit image {path}")
+    array = array[..., [2, 1, 0, 3][: array.shape[2]]]  # BGR(A) -> RGB(A)
+    planes, bit_depth = _to_float(array)
+    rgb = torch.from_numpy(np.ascontiguousarray(planes[..., :3].transpose(2, 0, 1)))
+    alpha = torch.from_numpy(np.ascontiguousarray(planes[..., 3]))[None] if planes.shape[2] == 4 else None
+    return LoadedImage(rgb=rgb, alpha=alpha, grayscale=False, bit_depth=bit_depth)
 
 
 def pil_to_loaded(img: Image.Image, name: str | os.PathLike = "<image>") -> LoadedImage:

@@ -1,0 +1,119 @@
+"""The CLI end to end on the tiny model: fit, checkpoints, test, resume, rerun, predict, bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from skimage.data import astronaut, camera
+
+from headsup.cli import build_cli, main
+from tests.conftest import make_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, samples_dir, tiny_sd_dir):
+    tmp = tmp_path_factory.mktemp("cli")
+    config = make_config(tmp, samples_dir, tiny_sd_dir, max_steps=6, val_check_interval=3)
+    data = []
+    assert main(["fit", "--config", str(config), "--data.crop_size", "16"] + data) == 0
+    return tmp, config, data
+
+
+def test_checkpoint_holds_only_trainable_weights(trained):
+    tmp, _, _ = trained
+    ckpt = torch.load(tmp / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    keys = set(ckpt["state_dict"])
+    assert "generator_updates" in keys and int(ckpt["state_dict"]["generator_updates"]) == 6
+    params = keys - {"generator_updates"}
+    assert params and all("lora_" in k or ".conv_in." in k for k in params)
+    assert not any(".decoder." in k for k in keys)
+    assert ckpt["hyper_parameters"]["generator"]["class_path"] == "headsup.models.generator.OneStepSR"
+
+
+def test_test_reproduces_metrics_and_writes_results(trained):
+    tmp, config, data = trained
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    runs = []
+    for _ in range(2):
+        assert main(["test", "--config", str(config), "--ckpt_path", ckpt] + data) == 0
+        runs.append(json.loads((tmp / "run" / "results.json").read_text()))
+    assert runs[0]["sets"] == runs[1]["sets"]
+    sets = runs[0]["sets"]
+    assert set(sets) == {"portrait", "general"}
+    for r in sets.values():
+        assert r["images"] == 2 and set(r) == {"images", "headsup", "bicubic"}
+        assert 5 < r["headsup"]["psnr_y"] < 60 and 0 < r["bicubic"]["ssim_y"] <= 1
+    assert runs[0]["settings"]["crop_border"] == 4
+    assert (tmp / "run" / "test_images" / "portrait" / "astronaut.png").is_file()
+    assert "PSNR-Y" in (tmp / "run" / "results.md").read_text()
+    # the checkpoint's weights, not the untrained ones, produced these numbers
+    cli = build_cli(["--config", str(config)] + data, run=False)
+    cli.trainer.test(cli.model, datamodule=cli.datamodule)
+    assert cli.model.test_results["portrait"]["headsup"] != sets["portrait"]["headsup"]
+
+
+def test_resume_from_last_and_rerun_same_folder(trained):
+    tmp, config, _ = trained
+    assert main(["fit", "--config", str(config), "--data.crop_size", "16", "--trainer.max_steps", "8",
+                 "--ckpt_path", "last"]) == 0
+    ckpt = torch.load(tmp / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert int(ckpt["state_dict"]["generator_updates"]) == 8
+    configs = sorted(p.name for p in (tmp / "run").glob("config*.yaml"))
+    assert "config.yaml" in configs and len(configs) >= 2  # the changed config did not replace the first
+
+
+def test_predict_odd_images_and_reports_corrupt(trained, tmp_path):
+    tmp, config, _ = trained
+    src = tmp_path / "in dir"
+    src.mkdir()
+    Image.fromarray(astronaut()[:37, :51]).save(src / "rgb.jpg")
+    Image.fromarray(camera()[:20, :30]).save(src / "gray.png")
+    rgba = np.dstack([astronaut()[:16, :24], np.full((16, 24), 128, np.uint8)])
+    Image.fromarray(rgba).save(src / "alpha.png")
+    Image.fromarray((camera()[:12, :12].astype(np.uint16) * 257)).save(src / "deep.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(astronaut()[:20, :28]).save(src / "rotated.jpg", exif=exif)
+    (src / "broken.png").write_bytes(b"garbage")
+    out = tmp_path / "out"
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    args = ["predict", "--config", str(config), "--ckpt_path", ckpt, "--data.predict_input", str(src),
+            "--writer.output_dir", str(out)]
+    assert main(args) == 0
+    sizes = {p.stem: Image.open(p).size for p in out.iterdir()}
+    assert sizes == {"rgb": (204, 148), "gray": (120, 80), "alpha": (96, 64), "deep": (48, 48), "rotated": (80, 112)}
+    assert Image.open(out / "gray.png").mode == "L"
+    assert Image.open(out / "alpha.png").mode == "RGBA"
+    assert np.asarray(Image.open(out / "deep.png")).dtype.itemsize == 2 or Image.open(out / "deep.png").mode.startswith("I")
+    before = (out / "rgb.png").stat().st_mtime_ns
+    assert main(args) == 0  # second run keeps existing outputs
+    assert (out / "rgb.png").stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="overwrite its input"):
+        main(args[:-1] + [str(src), "--data.predict_input", str(src / "gray.png"), "--writer.ext", ".png"])
+
+
+def test_unknown_key_and_missing_backbone_are_clear(trained, tmp_path, capsys):
+    _, config, _ = trained
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), "--model.generator.init_args.scael", "4"])
+    assert "scael" in capsys.readouterr().err
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["generator"]["init_args"]["backbone"]["init_args"]["path"] = str(tmp_path / "no_weights_here")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    assert main(["fit", "--config", str(bad)]) == 2
+    assert "no_weights_here" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_shape_is_refused(trained, tmp_path):
+    tmp, config, data = trained
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    # (the CLI rebuilds the model from the checkpoint's own hyperparameters, so build it by hand)
+    cli = build_cli(["--config", str(config), "--model.generator.init_args.unet_lora.rank", "2"] + data, run=False)
+    with pytest.raises(RuntimeError, match="does not fit this model"):
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
