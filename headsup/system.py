@@ -13,6 +13,7 @@ weights come back from the backbone source when the model is built.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -29,6 +30,9 @@ from headsup.metrics.full_reference import PSNR, SSIM
 from headsup.models.generator import OneStepSR
 from headsup.objectives.base import Objective, StepContext
 from headsup.objectives.reconstruction import PixelMSE
+
+# Frozen weights are deliberately absent from checkpoints; `on_load_checkpoint` checks the keys itself.
+warnings.filterwarnings("ignore", message="Found keys that are in the model state dict but not in the checkpoint")
 
 
 def _adamw(params):
