@@ -31,7 +31,7 @@ demo: install
 	$(VENV)/bin/headsup fit --config configs/experiments/quickstart.yaml
 	$(VENV)/bin/headsup test --config configs/experiments/quickstart.yaml --ckpt_path $(RUN)/checkpoints/last.ckpt
 	$(VENV)/bin/headsup predict --config configs/experiments/quickstart.yaml \
-		--ckpt_path $(RUN)/checkpoints/last.ckpt --data.predict_input $(SAMPLES)/test/portrait \
+		--ckpt_path $(RUN)/checkpoints/last.ckpt --data.predict_input $(SAMPLES)/predict \
 		--writer.output_dir $(RUN)/predict
 
 test: install

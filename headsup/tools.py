@@ -22,6 +22,10 @@ TRAIN = [
 ]  # fmt: skip
 
 
+# small real inputs for `predict` (the photo downscaled x4): a portrait, a grayscale and an RGBA image
+PREDICT = ["astronaut", "grace_hopper", "camera", "logo"]
+
+
 def _load_sample(name: str) -> np.ndarray:
     if name in ("china", "flower"):
         from sklearn.datasets import load_sample_image
@@ -39,7 +43,8 @@ def _load_sample(name: str) -> np.ndarray:
 
 
 def write_samples(out: str | Path, overwrite: bool = False) -> dict[str, list[Path]]:
-    """Write the package-shipped photos as PNGs into OUT/train, OUT/test/portrait, OUT/test/general.
+    """Write the package-shipped photos as PNGs into OUT/train, OUT/test/portrait, OUT/test/general,
+    and small (x4 downscaled) inputs for `predict` into OUT/predict.
 
     Existing files are kept unless `overwrite`. Grayscale photos stay grayscale.
     """
@@ -56,6 +61,14 @@ def write_samples(out: str | Path, overwrite: bool = False) -> dict[str, list[Pa
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.ascontiguousarray(_load_sample(name))).save(path)
+    for name in PREDICT:
+        path = out / "predict" / f"{name}.png"
+        written.setdefault("predict", []).append(path)
+        if path.exists() and not overwrite:
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img = Image.fromarray(np.ascontiguousarray(_load_sample(name)))
+        img.resize((img.width // 4, img.height // 4), Image.Resampling.BICUBIC, reducing_gap=3.0).save(path)
     return written
 
 

@@ -18,7 +18,7 @@ from tests.conftest import make_config
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, samples_dir, tiny_sd_dir):
     tmp = tmp_path_factory.mktemp("cli")
-    config = make_config(tmp, samples_dir, tiny_sd_dir, max_steps=6, val_check_interval=3)
+    config = make_config(tmp, samples_dir, tiny_sd_dir, max_steps=6, val_check_interval=3, log_every_n_steps=1)
     data = []
     assert main(["fit", "--config", str(config), "--data.crop_size", "16"] + data) == 0
     return tmp, config, data
@@ -117,3 +117,34 @@ def test_checkpoint_of_another_shape_is_refused(trained, tmp_path):
     cli = build_cli(["--config", str(config), "--model.generator.init_args.unet_lora.rank", "2"] + data, run=False)
     with pytest.raises(RuntimeError, match="does not fit this model"):
         cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt)
+
+
+def test_tensorboard_has_losses_lr_and_validation_grids(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tmp, _, _ = trained
+    scalars, images = set(), set()
+    for events in (tmp / "run").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        scalars |= set(acc.Tags()["scalars"])
+        images |= set(acc.Tags()["images"])
+    assert {"train/loss", "train/mse", "train/lr", "val/portrait/headsup/psnr_y", "val/portrait/bicubic/psnr_y"} <= scalars
+    assert any(tag.startswith("val/portrait/") for tag in images)
+
+
+def test_manifest_dataset_lists_files_relative_to_manifest(samples_dir, tmp_path):
+    from headsup.data.datasets import RandomCropDataset
+    from headsup.data.specs import DatasetSpec
+
+    train = samples_dir / "train"
+    manifest = train / "list.txt"
+    manifest.write_text("# two images\ncamera.png\n" + '{"path": "' + str(train / "rocket.png") + '"}\n')
+    try:
+        ds = RandomCropDataset(DatasetSpec(name="m", manifest=str(manifest)), crop_size=32)
+        assert [p.name for p in ds.files] == ["camera.png", "rocket.png"]
+        assert ds[0]["hq"].shape == (3, 32, 32)
+    finally:
+        manifest.unlink()
+    with pytest.raises(ValueError, match="exactly one"):
+        RandomCropDataset(DatasetSpec(name="m"), crop_size=32)
