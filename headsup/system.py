@@ -240,7 +240,3 @@ class SRSystem(L.LightningModule):
                 f"{unexpected[:3]}, {len(wrong)} of another shape {wrong[:3]}"
             )
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """What a checkpoint keeps: trainable tensors and the update counter."""
-        return {k: v for k, v in self.state_dict().items() if k in self._checkpoint_keys}
-
