@@ -111,3 +111,17 @@ def test_full_size_sd21_base_on_meta_device():
     lora_params = sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n)
     assert names == resolved and len(names) > 250
     assert 1e6 < lora_params < 2e7, lora_params
+
+
+def test_sd_turbo_layout_with_euler_scheduler(tmp_path):
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler
+
+    from headsup.models.backbone import SD_SCHEDULER
+
+    parts = TinySD().build()
+    parts.unet.save_pretrained(tmp_path / "unet")
+    parts.vae.save_pretrained(tmp_path / "vae")
+    EulerDiscreteScheduler(**SD_SCHEDULER, timestep_spacing="trailing").save_pretrained(tmp_path / "scheduler")
+    loaded = DiffusersFolder(str(tmp_path)).build()
+    assert torch.allclose(loaded.alphas_cumprod, DDPMScheduler(**SD_SCHEDULER).alphas_cumprod)
+    assert loaded.prediction_type == "epsilon"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from headsup.cli import build_cli
+import json
+
+from headsup.cli import build_cli, main
 from tests.conftest import make_config
 
 
@@ -24,3 +26,10 @@ def test_fit_improves_psnr_over_untrained(tmp_path, samples_dir, tiny_sd_dir):
         assert gain > 3.0, (name, untrained[name], trained[name])
         # the bicubic reference is untouched by training
         assert trained[name]["bicubic"] == untrained[name]["bicubic"]
+
+    # the saved checkpoint reproduces the in-memory model's test metrics through the CLI
+    assert main(["test", "--config", str(config), "--data.val_sets", "[]",
+                 "--ckpt_path", str(tmp_path / "run" / "checkpoints" / "last.ckpt")]) == 0
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())["sets"]
+    for name in ("portrait", "general"):
+        assert saved[name]["headsup"] == trained[name]["headsup"]

@@ -1,0 +1,84 @@
+"""Evaluation sets: LQ/HQ pairing by name, deterministic synthetic LQ, mod-crop; the DataModule's device-side degradation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.data import astronaut, chelsea, coffee
+
+from headsup.data.datamodule import SRDataModule, collate
+from headsup.data.datasets import EvalDataset, RandomCropDataset
+from headsup.data.specs import DatasetSpec
+from headsup.degradations import BicubicDegradation
+
+
+@pytest.fixture()
+def paired(tmp_path):
+    hq, lq = tmp_path / "hq", tmp_path / "lq"
+    hq.mkdir()
+    lq.mkdir()
+    for name, img in [("b_cat", chelsea()), ("a_coffee", coffee())]:
+        img = img[: img.shape[0] // 4 * 4, : img.shape[1] // 4 * 4]
+        Image.fromarray(img).save(hq / f"{name}.png")
+        Image.fromarray(img).resize((img.shape[1] // 4, img.shape[0] // 4), Image.BICUBIC).save(lq / f"{name}.jpg")
+    return hq, lq
+
+
+def test_pairs_are_matched_by_name_not_order(paired):
+    hq, lq = paired
+    ds = EvalDataset(DatasetSpec(name="p", hq=str(hq), lq=str(lq)), scale=4)
+    for item in ds:
+        ref = np.asarray(Image.open(hq / f"{item['name']}.png"))
+        assert item["hq"].shape[-2:] == (ref.shape[0], ref.shape[1])
+        assert item["lq"].shape[-2:] == (ref.shape[0] // 4, ref.shape[1] // 4)
+        assert torch.allclose(item["hq"].permute(1, 2, 0), torch.from_numpy(ref).float() / 255)
+
+
+def test_unpaired_names_are_reported(paired):
+    hq, lq = paired
+    (lq / "a_coffee.jpg").rename(lq / "a_coffe.jpg")
+    with pytest.raises(ValueError, match="a_coffee"):
+        EvalDataset(DatasetSpec(name="p", hq=str(hq), lq=str(lq)), scale=4)
+
+
+def test_hq_only_sets_are_mod_cropped_and_seeded(tmp_path):
+    Image.fromarray(astronaut()[:103, :70]).save(tmp_path / "x.png")
+    ds = EvalDataset(DatasetSpec(name="h", hq=str(tmp_path), seed=10), scale=4)
+    item = ds[0]
+    assert item["hq"].shape == (3, 100, 68) and item["seed"] == 10
+    crop = EvalDataset(DatasetSpec(name="h", hq=str(tmp_path), center_crop=50), scale=4)[0]
+    assert crop["hq"].shape == (3, 48, 48)
+
+
+def test_synthetic_eval_lq_is_identical_run_to_run(tmp_path):
+    for i in range(3):
+        Image.fromarray(astronaut()[i * 50 : i * 50 + 64, :64]).save(tmp_path / f"{i}.png")
+    spec = DatasetSpec(name="h", hq=str(tmp_path))
+    deg = BicubicDegradation(noise_prob=0.5, jpeg_prob=0.5)
+    outs = []
+    for _ in range(2):
+        dm = SRDataModule(val_sets=[spec], degradation=deg, crop_size=32, num_workers=0)
+        batch = collate([EvalDataset(spec, 4)[i] for i in range(3)])
+        outs.append(dm.on_after_batch_transfer(batch, 0)["lq"])
+    assert outs[0].shape == (3, 3, 16, 16)
+    assert torch.equal(outs[0], outs[1])
+    single = SRDataModule(val_sets=[spec], degradation=deg, crop_size=32, num_workers=0)
+    alone = single.on_after_batch_transfer(collate([EvalDataset(spec, 4)[2]]), 0)["lq"]
+    assert torch.equal(alone[0], outs[0][2])  # an image's LQ does not depend on its batch
+
+
+def test_training_crops_skip_too_small_images(tmp_path):
+    Image.fromarray(astronaut()[:20, :20]).save(tmp_path / "small.png")
+    Image.fromarray(astronaut()[:64, :64]).save(tmp_path / "ok.png")
+    with pytest.warns(UserWarning, match="small.png"):
+        ds = RandomCropDataset(DatasetSpec(name="t", hq=str(tmp_path)), crop_size=32)
+    assert [p.name for p in ds.files] == ["ok.png"]
+    with pytest.raises(ValueError, match="at least 128x128"):
+        RandomCropDataset(DatasetSpec(name="t", hq=str(tmp_path)), crop_size=128)
+
+
+def test_crop_size_must_be_a_multiple_of_the_scale():
+    with pytest.raises(ValueError, match="crop_size"):
+        SRDataModule(crop_size=30)
