@@ -18,6 +18,7 @@ import warnings
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # frozen parts (VAE decoder, LPIPS, teachers) are in eval mode on purpose
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 # checkpoints of manual optimisation hold the state after the update, which is what we want
 warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
 

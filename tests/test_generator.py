@@ -19,7 +19,7 @@ def generator():
 
 
 def test_x4_output_shape_exact_for_odd_sizes(generator):
-    for h, w in [(16, 16), (13, 17), (9, 30)]:
+    for h, w in [(16, 16), (13, 17), (9, 30), (1, 1), (2, 3)]:
         with torch.no_grad():
             out = generator(torch.rand(2, 3, h, w))
         assert out.shape == (2, 3, 4 * h, 4 * w)
