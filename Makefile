@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(VENV)/bin/headsup-tools samples $(SAMPLES)
 	$(VENV)/bin/headsup-tools tiny-backbone $(SAMPLES)/train runs/tiny_sd
-	$(VENV)/bin/headsup fit --config configs/experiments/quickstart.yaml
+	# --ckpt_path last: a rerun resumes (or reuses) the run instead of starting a second one beside it
+	$(VENV)/bin/headsup fit --config configs/experiments/quickstart.yaml --ckpt_path last
 	$(VENV)/bin/headsup test --config configs/experiments/quickstart.yaml --ckpt_path $(RUN)/checkpoints/last.ckpt
 	$(VENV)/bin/headsup predict --config configs/experiments/quickstart.yaml \
 		--ckpt_path $(RUN)/checkpoints/last.ckpt --data.predict_input $(SAMPLES)/predict \
