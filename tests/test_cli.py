@@ -148,3 +148,18 @@ def test_manifest_dataset_lists_files_relative_to_manifest(samples_dir, tmp_path
         manifest.unlink()
     with pytest.raises(ValueError, match="exactly one"):
         RandomCropDataset(DatasetSpec(name="m"), crop_size=32)
+
+
+def test_corrupt_image_in_a_test_set_names_the_file(trained, tmp_path, capsys):
+    tmp, config, _ = trained
+    bad_set = tmp_path / "set"
+    bad_set.mkdir()
+    Image.fromarray(astronaut()[:64, :64]).save(bad_set / "fine.png")
+    (bad_set / "truncated.png").write_bytes((bad_set / "fine.png").read_bytes()[:100])
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["test_sets"] = [{"name": "bad", "hq": str(bad_set)}]
+    path = tmp_path / "bad_set.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    assert main(["test", "--config", str(path), "--ckpt_path", ckpt, "--results.save_images", "false"]) == 2
+    assert "truncated.png" in capsys.readouterr().err
