@@ -2,5 +2,6 @@
 
 from headsup.degradations.base import Degradation
 from headsup.degradations.bicubic import BicubicDegradation
+from headsup.degradations.realesrgan import RealESRGANDegradation
 
-__all__ = ["Degradation", "BicubicDegradation"]
+__all__ = ["Degradation", "BicubicDegradation", "RealESRGANDegradation"]
