@@ -108,3 +108,32 @@ def test_bad_configuration_is_rejected():
         RealESRGANDegradation(kernel_prob=(0.5, 0.5))
     with pytest.raises(ValueError, match="kernel_range"):
         RealESRGANDegradation(kernel_range=(8, 21))
+
+
+def test_fft_blur_equals_direct_convolution(hq):
+    import kornia
+
+    gen = torch.Generator().manual_seed(0)
+    for k in (15, 21, 51):
+        kern = torch.rand(4, k, k, generator=gen)
+        kern = kern / kern.sum(dim=(1, 2), keepdim=True)
+        direct = kornia.filters.filter2d(hq, kern, border_type="reflect")
+        assert torch.allclose(Fd.blur(hq, kern), direct, atol=1e-5), k
+
+
+def test_libjpeg_backend_is_the_real_codec(hq, tmp_path):
+    from PIL import Image
+
+    errors = [float((Fd.jpeg(hq, torch.full((4,), q), "libjpeg") - hq).abs().mean()) for q in (20.0, 50.0, 90.0)]
+    assert errors[0] > errors[1] > errors[2] > 0
+    # the same bytes as Pillow's libjpeg at the same quality, up to decoder rounding
+    q = torch.tensor([40.0, 40.0, 75.0, 75.0])
+    out = Fd.jpeg(hq, q, "libjpeg")
+    Image.fromarray((hq[2].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(tmp_path / "a.jpg", quality=75)
+    ref = torch.from_numpy(__import__("numpy").asarray(Image.open(tmp_path / "a.jpg"))).permute(2, 0, 1) / 255
+    assert (out[2] - ref).abs().mean() < 2 / 255
+    deg = RealESRGANDegradation(jpeg_backend="libjpeg")
+    p = deg.sample(4, torch.Generator().manual_seed(0))
+    assert torch.equal(deg(hq, p), deg(hq, p))
+    with pytest.raises(ValueError, match="backend"):
+        Fd.jpeg(hq, q, "png")

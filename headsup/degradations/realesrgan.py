@@ -16,6 +16,7 @@ generator seeded with it: fixed parameters give the exact same LQ, and evaluatio
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
@@ -58,6 +59,8 @@ class RealESRGANDegradation(Degradation):
         gray_noise_prob2: As gray_noise_prob, stage 2.
         jpeg_range2: JPEG quality range of the final compression.
         final_sinc_prob: Probability of the final sinc filter (else identity).
+        jpeg_backend: "kornia" (differentiable codec, batched) or "libjpeg" (the real codec via
+            torchvision, integer quality; faster on CPU).
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class RealESRGANDegradation(Degradation):
         gray_noise_prob2: float = 0.4,
         jpeg_range2: tuple[float, float] = (30.0, 95.0),
         final_sinc_prob: float = 0.8,
+        jpeg_backend: Literal["kornia", "libjpeg"] = "kornia",
     ) -> None:
         super().__init__(scale)
         lo, hi = kernel_range
@@ -113,6 +117,7 @@ class RealESRGANDegradation(Degradation):
         self.jpeg_range = jpeg_range
         self.jpeg_range2 = jpeg_range2
         self.final_sinc_prob = final_sinc_prob
+        self.jpeg_backend = jpeg_backend
 
     # ------------------------------------------------------------------ sampling
     def _choice(self, probs, n: int, gen) -> torch.Tensor:
@@ -210,7 +215,7 @@ class RealESRGANDegradation(Degradation):
         x = Fd.blur(x, self._kernels(p, 1))
         x = Fd.resize(x, Fd.scaled_size(h, w, float(p["resize1"][0])), MODES[int(p["mode1"][0])])
         x = self._noise(x, p, 1, gen)
-        x = Fd.jpeg(x, p["jpeg1"])
+        x = Fd.jpeg(x, p["jpeg1"], self.jpeg_backend)
         # stage 2
         x = Fd.blur(x, self._kernels(p, 2))
         r2 = float(p["resize2"][0])
@@ -222,9 +227,9 @@ class RealESRGANDegradation(Degradation):
         sinc = self._final_kernels(p, x.dtype)
         if bool(p["final_order"][0]):
             x = Fd.blur(Fd.resize(x, target, mode), sinc)
-            x = Fd.jpeg(x, p["jpeg2"])
+            x = Fd.jpeg(x, p["jpeg2"], self.jpeg_backend)
         else:
-            x = Fd.jpeg(x, p["jpeg2"])
+            x = Fd.jpeg(x, p["jpeg2"], self.jpeg_backend)
             x = Fd.blur(Fd.resize(x, target, mode), sinc)
         return quantize(x)
 
