@@ -82,3 +82,23 @@ def test_training_crops_skip_too_small_images(tmp_path):
 def test_crop_size_must_be_a_multiple_of_the_scale():
     with pytest.raises(ValueError, match="crop_size"):
         SRDataModule(crop_size=30)
+
+
+def test_training_degradation_is_seeded_per_rank():
+    from types import SimpleNamespace
+
+    from headsup.degradations import RealESRGANDegradation
+
+    hq = torch.from_numpy(astronaut()[:128, :128]).permute(2, 0, 1).float()[None].repeat(4, 1, 1, 1) / 255
+
+    def lq(rank: int) -> torch.Tensor:
+        dm = SRDataModule(degradation=RealESRGANDegradation(), crop_size=128, num_workers=0, seed=5)
+        dm.trainer = SimpleNamespace(training=True, global_rank=rank)
+        first = dm.on_after_batch_transfer({"hq": hq.clone()}, 0)["lq"]
+        second = dm.on_after_batch_transfer({"hq": hq.clone()}, 0)["lq"]
+        assert not torch.equal(first, second)  # the generator advances between batches
+        return first
+
+    assert lq(0).shape == (4, 3, 32, 32)
+    assert torch.equal(lq(0), lq(0))
+    assert not torch.equal(lq(0), lq(1))
