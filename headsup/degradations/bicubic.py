@@ -8,10 +8,10 @@ into the same slot of the DataModule.
 
 from __future__ import annotations
 
-import kornia
 import torch
 import torch.nn.functional as F
 
+from headsup.degradations import functional as Fd
 from headsup.degradations.base import Degradation, bernoulli, quantize, uniform
 
 
@@ -74,6 +74,5 @@ class BicubicDegradation(Degradation):
         compress = params["jpeg"].to(hq.device)
         if bool(compress.any()):
             idx = compress.nonzero().flatten()
-            jpeg = kornia.enhance.jpeg_codec_differentiable(lq[idx], params["quality"].to(lq)[idx])
-            lq = lq.index_copy(0, idx, jpeg.clamp(0, 1).to(lq.dtype))
+            lq = lq.index_copy(0, idx, Fd.jpeg(lq[idx], params["quality"][idx]).to(lq.dtype))
         return quantize(lq)
