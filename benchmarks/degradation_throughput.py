@@ -160,7 +160,11 @@ def main() -> None:
         "images_per_s": round(timings["batched"], 1),
         "reference_images_per_s": round(timings["reference"], 1),
         "ratio": round(timings["batched"] / timings["reference"], 2),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        ),
         "size": args.size,
         "batch": args.batch,
         "jpeg_backend": args.jpeg_backend,

@@ -1,4 +1,5 @@
-"""Evaluation sets: LQ/HQ pairing by name, deterministic synthetic LQ, mod-crop; the DataModule's device-side degradation."""
+"""Evaluation sets (pairing by name, deterministic synthetic LQ, mod-crop) and the DataModule's
+device-side degradation (per-rank seeds, sharpened GT, pair pool)."""
 
 from __future__ import annotations
 
@@ -102,3 +103,35 @@ def test_training_degradation_is_seeded_per_rank():
     assert lq(0).shape == (4, 3, 32, 32)
     assert torch.equal(lq(0), lq(0))
     assert not torch.equal(lq(0), lq(1))
+
+
+def test_pool_passes_batches_while_filling_then_swaps():
+    from headsup.degradations.pool import PairPool
+
+    pool = PairPool(8)
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"lq": torch.full((4, 1), float(i)), "hq": torch.full((4, 2), float(i)), "name": i} for i in range(4)]
+    assert pool(batches[0], gen) is batches[0] and pool(batches[1], gen) is batches[1]
+    out = pool(batches[2], gen)
+    assert out["name"] == 2 and set(out["lq"].flatten().tolist()) <= {0.0, 1.0}
+    assert torch.equal(out["lq"][:, 0], out["hq"][:, 0])  # pairs stay pairs
+    held = sorted(pool.store["lq"].flatten().tolist())
+    assert held.count(2.0) == 4 and len(held) == 8  # the new batch went in, nothing was lost
+    with pytest.raises(ValueError, match="multiple"):
+        PairPool(6)({"lq": torch.zeros(4, 1), "hq": torch.zeros(4, 1)})
+
+
+def test_sharpened_gt_and_pool_in_the_datamodule():
+    from types import SimpleNamespace
+
+    from headsup.degradations.functional import usm_sharpen
+
+    hq = torch.from_numpy(astronaut()[:128, :128]).permute(2, 0, 1).float()[None].repeat(2, 1, 1, 1) / 255
+    dm = SRDataModule(crop_size=128, batch_size=2, num_workers=0, sharpen_gt=True, pool_size=4)
+    dm.trainer = SimpleNamespace(training=True, global_rank=0)
+    batch = dm.on_after_batch_transfer({"hq": hq.clone()}, 0)
+    assert torch.equal(batch["hq_orig"], hq)
+    assert torch.allclose(batch["hq"], usm_sharpen(hq))
+    assert dm.pool.filled == 2
+    with pytest.raises(ValueError, match="pool_size"):
+        SRDataModule(batch_size=4, pool_size=6)

@@ -3,7 +3,8 @@
 Datasets return HQ images only (or LQ/HQ pairs for paired sets); the degradation runs
 in `on_after_batch_transfer`, batched on the batch's device and outside autocast.
 Training draws parameters from a generator seeded with seed + global rank; HQ-only
-evaluation sets draw each image's parameters from its own index seed.
+evaluation sets draw each image's parameters from its own index seed. Optionally, as in
+Real-ESRGAN, training targets are USM-sharpened and pairs go through a per-rank pool.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from headsup.data.datasets import EvalDataset, PredictDataset, RandomCropDataset
 from headsup.data.specs import DatasetSpec
 from headsup.degradations import BicubicDegradation, Degradation
+from headsup.degradations.functional import usm_sharpen
+from headsup.degradations.pool import PairPool
 
 
 def collate(items: list[dict]) -> dict[str, Any]:
@@ -47,6 +50,10 @@ class SRDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         seed: Base seed of the training degradation generator (plus the global rank).
         predict_input: Image file or folder to enhance with `predict`.
+        sharpen_gt: Real-ESRGAN's USM-sharpened GT for training: LQ is made from the sharpened HQ,
+            `hq` becomes the sharpened target of pixel/perceptual losses and `hq_orig` keeps the
+            original (for adversarial terms).
+        pool_size: Training-pair pool per rank (Real-ESRGAN uses 180); 0 disables it.
     """
 
     def __init__(
@@ -61,6 +68,8 @@ class SRDataModule(L.LightningDataModule):
         num_workers: int = 2,
         seed: int = 0,
         predict_input: str | None = None,
+        sharpen_gt: bool = False,
+        pool_size: int = 0,
     ) -> None:
         super().__init__()
         self.train_specs = list(train or [])
@@ -76,6 +85,11 @@ class SRDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.predict_input = predict_input
+        self.sharpen_gt = sharpen_gt
+        if pool_size and pool_size % batch_size:
+            raise ValueError(f"data.pool_size={pool_size} is not a multiple of data.batch_size={batch_size}")
+        keys = ("lq", "hq", "hq_orig") if sharpen_gt else ("lq", "hq")
+        self.pool = PairPool(pool_size, keys=keys) if pool_size else None
         self._generator: torch.Generator | None = None
         for specs in (self.val_specs, self.test_specs):
             names = [s.name for s in specs]
@@ -133,11 +147,16 @@ class SRDataModule(L.LightningDataModule):
             return batch
         hq = batch["hq"].float()
         training = self.trainer is not None and self.trainer.training
-        if training:
-            params = self.degradation.sample(hq.shape[0], generator=self._train_generator(hq.device), device=hq.device)
-        else:
-            params = self.degradation.sample_indexed(batch["seed"].tolist(), device=hq.device)
         with torch.autocast(device_type=hq.device.type, enabled=False):
+            if training:
+                generator = self._train_generator(hq.device)
+                if self.sharpen_gt:
+                    batch["hq_orig"], hq = hq, usm_sharpen(hq)
+                params = self.degradation.sample(hq.shape[0], generator=generator, device=hq.device)
+            else:
+                params = self.degradation.sample_indexed(batch["seed"].tolist(), device=hq.device)
             batch["lq"] = self.degradation(hq, params)
         batch["hq"] = hq
+        if training and self.pool is not None:
+            batch = self.pool(batch, generator)
         return batch

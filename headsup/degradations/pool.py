@@ -1,0 +1,50 @@
+"""Training-pair pool: Real-ESRGAN's queue that mixes degraded pairs across batches.
+
+Batches synthesised on the device share their batch-level draws (resize scale and mode,
+final order); a pool of `size` recent pairs, shuffled before each exchange, breaks that
+correlation. While the pool fills, batches pass through unchanged; once full, each batch
+is swapped for a random one taken from the pool and goes into the pool in its place.
+One pool per rank (it lives in the rank's DataModule).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class PairPool:
+    """A fixed-size pool of training samples (all tensors of a batch, keyed like the batch).
+
+    Args:
+        size: Number of samples kept; a multiple of the batch size.
+        keys: Batch entries exchanged through the pool (others pass through unchanged).
+    """
+
+    def __init__(self, size: int, keys: tuple[str, ...] = ("lq", "hq")) -> None:
+        if size < 1:
+            raise ValueError(f"pool size must be positive, got {size}")
+        self.size = size
+        self.keys = keys
+        self.store: dict[str, torch.Tensor] = {}
+        self.filled = 0
+
+    def __call__(self, batch: dict, generator: torch.Generator | None = None) -> dict:
+        b = batch[self.keys[0]].shape[0]
+        if self.size % b:
+            raise ValueError(f"pool size {self.size} is not a multiple of the batch size {b}")
+        if not self.store:
+            self.store = {k: batch[k].new_empty((self.size, *batch[k].shape[1:])) for k in self.keys}
+        if self.filled < self.size:
+            for k in self.keys:
+                self.store[k][self.filled : self.filled + b] = batch[k]
+            self.filled += b
+            return batch
+        device = generator.device if generator is not None else "cpu"
+        order = torch.randperm(self.size, generator=generator, device=device).to(self.store[self.keys[0]].device)
+        out = dict(batch)
+        for k in self.keys:
+            shuffled = self.store[k][order]
+            out[k] = shuffled[:b].clone()
+            shuffled[:b] = batch[k]
+            self.store[k] = shuffled
+        return out
