@@ -2,6 +2,7 @@
 
 from headsup.degradations.base import Degradation
 from headsup.degradations.bicubic import BicubicDegradation
+from headsup.degradations.face import FaceDegradation
 from headsup.degradations.realesrgan import RealESRGANDegradation
 
-__all__ = ["Degradation", "BicubicDegradation", "RealESRGANDegradation"]
+__all__ = ["Degradation", "BicubicDegradation", "FaceDegradation", "RealESRGANDegradation"]
