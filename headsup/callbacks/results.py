@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from headsup.data.io import save_image
+from headsup.data.io import atomic_write, save_image
 
 _ARROWS = {"psnr_y": "PSNR-Y (dB) ↑", "ssim_y": "SSIM-Y ↑"}
 
@@ -29,13 +27,6 @@ def results_table(results: dict) -> str:
             cells += [f"{values[m]:.4f}" if m.startswith("ssim") else f"{values[m]:.2f}" for m in metrics]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 class ResultsWriter(Callback):
@@ -82,7 +73,8 @@ class ResultsWriter(Callback):
                 for name, r in results.items()
             },
         }
-        _atomic_write_text(run / "results.json", json.dumps(payload, indent=2) + "\n")
+        text = json.dumps(payload, indent=2) + "\n"
+        atomic_write(run / "results.json", lambda tmp: Path(tmp).write_text(text))
         table = results_table(results)
-        _atomic_write_text(run / "results.md", table + "\n")
+        atomic_write(run / "results.md", lambda tmp: Path(tmp).write_text(table + "\n"))
         print(f"\nResults ({run / 'results.json'}):\n{table}\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,29 +188,28 @@ def save_image(
         if not ok:
             raise OSError(f"could not encode {path}")
         payload = data.tobytes()
-        _atomic_write_bytes(path, payload)
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(payload))
         return path
     if bit_depth == 16:
         img = Image.fromarray(array.astype(np.uint16))
     else:
         img = Image.fromarray(array)
     kwargs = {"quality": quality} if suffix in (".jpg", ".jpeg", ".webp") else {}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=suffix)
-    os.close(fd)
-    try:
-        img.save(tmp, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: img.save(tmp, **kwargs))
     return path
 
 
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path`.
+
+    Readers never see a half-written file, and a failed write leaves the old file in place.
+    The temporary name keeps the suffix, so format-by-extension writers work.
+    """
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
