@@ -138,6 +138,3 @@ class OneStepSR(nn.Module):
     def forward(self, lq: torch.Tensor) -> torch.Tensor:
         """LQ (B, 3, h, w) in [0, 1] -> SR (B, 3, h*scale, w*scale) in [0, 1]."""
         return self.generate(lq).image
-
-    def trainable_parameter_names(self) -> list[str]:
-        return [n for n, p in self.named_parameters() if p.requires_grad]
