@@ -41,3 +41,22 @@ def test_misspelt_key_fails(tmp_path, capsys):
 def test_misspelt_nested_init_arg_fails(capsys):
     assert parse(QUICKSTART, extra=["--model.objectives.mse.init_args.wieght", "2"]) != 0
     assert "wieght" in capsys.readouterr().err
+
+
+def test_realesrgan_fragment_builds_the_x4plus_training_pipeline():
+    import torch
+    from skimage.data import astronaut
+
+    from headsup.degradations import RealESRGANDegradation
+
+    fragment = ROOT / "configs" / "degradation" / "realesrgan_x4.yaml"
+    cli = build_cli(["--config", str(QUICKSTART), "--config", str(fragment), "--data.crop_size", "256"], run=False)
+    dm = cli.datamodule
+    assert isinstance(dm.degradation, RealESRGANDegradation) and dm.sharpen_gt and dm.pool.size == 180
+    assert list(dm.degradation.stages[0]["kernel_prob"]) == [0.45, 0.25, 0.12, 0.03, 0.12, 0.03]
+    hq = torch.from_numpy(astronaut()[:256, 100:356]).permute(2, 0, 1).float()[None].repeat(4, 1, 1, 1) / 255
+    dm.trainer = cli.trainer
+    cli.trainer.training = True
+    batch = dm.on_after_batch_transfer({"hq": hq.clone()}, 0)
+    assert batch["lq"].shape == (4, 3, 64, 64) and torch.equal(batch["hq_orig"], hq)
+    assert not torch.equal(batch["hq"], hq) and dm.pool.filled == 4

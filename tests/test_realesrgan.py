@@ -122,6 +122,22 @@ def test_fft_blur_equals_direct_convolution(hq):
         assert torch.allclose(Fd.blur(hq, kern), direct, atol=1e-5), k
 
 
+def test_blur_trims_shared_zero_rings_and_skips_inactive_samples(hq):
+    import kornia
+
+    gen = torch.Generator().manual_seed(1)
+    small = torch.rand(4, 7, 7, generator=gen)
+    small = small / small.sum(dim=(1, 2), keepdim=True)
+    padded = torch.nn.functional.pad(small, (7, 7, 7, 7))  # a 7x7 support on the 21 grid
+    direct = kornia.filters.filter2d(hq, small, border_type="reflect")
+    assert torch.allclose(Fd.blur(hq, padded), direct, atol=1e-6)
+    active = torch.tensor([True, False, True, False])
+    out = Fd.blur(hq, padded, active)
+    assert torch.equal(out[~active], hq[~active])
+    assert torch.allclose(out[active], direct[active], atol=1e-6)
+    assert torch.equal(Fd.blur(hq, padded, torch.zeros(4, dtype=torch.bool)), hq)
+
+
 def test_libjpeg_backend_is_the_real_codec(hq, tmp_path):
     from PIL import Image
 

@@ -187,13 +187,10 @@ class RealESRGANDegradation(Degradation):
     def _kernels(self, p: dict, s: int) -> torch.Tensor:
         k = K.mixed(p[f"kind{s}"], p[f"ksize{s}"], p[f"sigma_x{s}"], p[f"sigma_y{s}"], p[f"theta{s}"],
                     p[f"beta{s}"], p[f"cutoff{s}"])
-        pulse = K.pulse(k.shape[0], device=k.device, dtype=k.dtype)
-        return torch.where(p[f"blur{s}"].view(-1, 1, 1), k, pulse)
+        return k
 
     def _final_kernels(self, p: dict, dtype) -> torch.Tensor:
-        k = K.sinc(p["final_cutoff"].double(), p["final_ksize"]).to(dtype)
-        pulse = K.pulse(k.shape[0], device=k.device, dtype=dtype)
-        return torch.where(p["final_sinc"].view(-1, 1, 1), k, pulse)
+        return K.sinc(p["final_cutoff"].double(), p["final_ksize"]).to(dtype)
 
     def _noise(self, x: torch.Tensor, p: dict, s: int, gen: torch.Generator) -> torch.Tensor:
         out = x.clone()
@@ -212,12 +209,12 @@ class RealESRGANDegradation(Degradation):
         _, _, h, w = x.shape
         gen = torch.Generator(device=x.device).manual_seed(int(p["seed"][0]))
         # stage 1
-        x = Fd.blur(x, self._kernels(p, 1))
+        x = Fd.blur(x, self._kernels(p, 1), p["blur1"])
         x = Fd.resize(x, Fd.scaled_size(h, w, float(p["resize1"][0])), MODES[int(p["mode1"][0])])
         x = self._noise(x, p, 1, gen)
         x = Fd.jpeg(x, p["jpeg1"], self.jpeg_backend)
         # stage 2
-        x = Fd.blur(x, self._kernels(p, 2))
+        x = Fd.blur(x, self._kernels(p, 2), p["blur2"])
         r2 = float(p["resize2"][0])
         x = Fd.resize(x, (max(1, int(h / self.scale * r2)), max(1, int(w / self.scale * r2))),
                       MODES[int(p["mode2"][0])])
@@ -226,11 +223,11 @@ class RealESRGANDegradation(Degradation):
         target, mode = (h // self.scale, w // self.scale), MODES[int(p["final_mode"][0])]
         sinc = self._final_kernels(p, x.dtype)
         if bool(p["final_order"][0]):
-            x = Fd.blur(Fd.resize(x, target, mode), sinc)
+            x = Fd.blur(Fd.resize(x, target, mode), sinc, p["final_sinc"])
             x = Fd.jpeg(x, p["jpeg2"], self.jpeg_backend)
         else:
             x = Fd.jpeg(x, p["jpeg2"], self.jpeg_backend)
-            x = Fd.blur(Fd.resize(x, target, mode), sinc)
+            x = Fd.blur(Fd.resize(x, target, mode), sinc, p["final_sinc"])
         return quantize(x)
 
     def forward(self, hq: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
