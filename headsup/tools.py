@@ -3,6 +3,11 @@
     headsup-tools samples OUT          real photos shipped in installed packages -> train/test folders
     headsup-tools tiny-backbone IMAGES OUT
                                        pretrain the tiny SD stand-in, save it as a diffusers folder
+    headsup-tools prepare faces ROOT   MTCNN boxes/landmarks of every image -> ROOT/faces.jsonl (resumable)
+    headsup-tools prepare references MANIFEST --weights facenet.pt | --from-folders
+                                       identities and same-person reference pairs -> references.jsonl
+    headsup-tools prepare portrait-set MANIFEST --out DIR [--references references.jsonl]
+                                       PortraitSR-4K filters, identity-disjoint train/test manifests
 """
 
 from __future__ import annotations
@@ -94,6 +99,102 @@ def _cmd_tiny_backbone(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare_faces(args: argparse.Namespace) -> int:
+    from headsup.data.faces import FaceAnnotator, annotate, read_manifest
+
+    annotator = FaceAnnotator(device=args.device, detect_size=args.detect_size, min_face_size=args.min_face_size,
+                              min_prob=args.min_prob)
+    manifest = annotate(args.root, args.manifest, annotator, batch_size=args.batch_size,
+                        num_workers=args.workers, retry_errors=args.retry_errors)
+    records = read_manifest(manifest)
+    errors = sum(1 for r in records if r.get("error"))
+    faces = sum(len(r.get("faces", [])) for r in records)
+    print(f"{manifest}: {len(records)} images, {faces} faces, {errors} unreadable")
+    return 0
+
+
+def _cmd_prepare_references(args: argparse.Namespace) -> int:
+    from headsup.data import curation
+    from headsup.data.faces import read_manifest, write_manifest
+
+    manifest = Path(args.manifest)
+    out = Path(args.out) if args.out else manifest.parent / "references.jsonl"
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    records = [r for r in read_manifest(manifest) if not r.get("error") and r.get("faces")]
+    if args.from_folders:
+        identities = curation.folder_identities(records)
+    else:
+        if args.weights is None:
+            raise ValueError("give --weights (InceptionResnetV1 state dict) or --from-folders")
+        net = curation.load_identity_net(args.weights, args.device or "cpu")
+        identities = curation.cluster_identities(curation.face_embeddings(records, manifest.parent, net),
+                                                 args.threshold)
+    pairs = curation.reference_pairs(identities)
+    write_manifest(out, [{"path": p, "identity": identities[p], "references": pairs[p]} for p in sorted(identities)])
+    with_refs = sum(1 for p in pairs.values() if p)
+    print(f"{out}: {len(identities)} images, {len(set(identities.values()))} identities, "
+          f"{with_refs} with at least one reference")
+    return 0
+
+
+def _cmd_prepare_portrait_set(args: argparse.Namespace) -> int:
+    from headsup.data.curation import PortraitFilter, build_portrait_set
+
+    flt = PortraitFilter(min_long_side=args.min_long_side, min_short_side=args.min_short_side,
+                         aspect_range=tuple(args.aspect_range), min_eye_distance=args.min_eye_distance,
+                         min_sharpness=args.min_sharpness, iqa_metric=args.iqa_metric,
+                         iqa_weights=args.iqa_weights, min_iqa=args.min_iqa)
+    counts = build_portrait_set(args.manifest, args.out, flt, references=args.references,
+                                test_fraction=args.test_fraction, seed=args.seed, overwrite=args.overwrite,
+                                device=args.device or "cpu")
+    print(f"{args.out}: {counts['train']} train, {counts['test']} test, {counts['rejected']} rejected "
+          f"(reasons in rejected.jsonl)")
+    return 0
+
+
+def _add_prepare(sub) -> None:
+    prepare = sub.add_parser("prepare", help="build face manifests, reference pairs and portrait sets")
+    steps = prepare.add_subparsers(dest="step", required=True)
+    p = steps.add_parser("faces", help="detect faces (MTCNN) in every image under ROOT")
+    p.add_argument("root", help="folder of photos (searched recursively)")
+    p.add_argument("--manifest", help="output JSON Lines (default ROOT/faces.jsonl); existing entries are kept")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2, help="decoding processes")
+    p.add_argument("--device", help="torch device (default: cuda when present)")
+    p.add_argument("--detect-size", type=int, default=1024, help="longest side used for detection")
+    p.add_argument("--min-face-size", type=int, default=20, help="px, at the detection size")
+    p.add_argument("--min-prob", type=float, default=0.9)
+    p.add_argument("--retry-errors", action="store_true", help="detect again in files recorded as unreadable")
+    p.set_defaults(func=_cmd_prepare_faces)
+    p = steps.add_parser("references", help="group faces by identity and pair each image with others of it")
+    p.add_argument("manifest", help="face manifest from `prepare faces`")
+    p.add_argument("--weights", help="InceptionResnetV1 state dict (facenet-pytorch vggface2), a local file")
+    p.add_argument("--from-folders", action="store_true", help="identity = the image's folder")
+    p.add_argument("--threshold", type=float, default=0.65, help="cosine similarity linking two faces")
+    p.add_argument("--out", help="output JSON Lines (default: references.jsonl next to the manifest)")
+    p.add_argument("--device")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_prepare_references)
+    p = steps.add_parser("portrait-set", help="filter (PortraitSR-4K thresholds) and split by identity")
+    p.add_argument("manifest", help="face manifest from `prepare faces`")
+    p.add_argument("--out", required=True, help="folder for train.jsonl, test.jsonl, rejected.jsonl")
+    p.add_argument("--references", help="output of `prepare references` (default: identities from folders)")
+    p.add_argument("--min-long-side", type=int, default=3840)
+    p.add_argument("--min-short-side", type=int, default=2160)
+    p.add_argument("--aspect-range", type=float, nargs=2, default=(0.6, 1.6), metavar=("MIN", "MAX"))
+    p.add_argument("--min-eye-distance", type=float, default=64.0)
+    p.add_argument("--min-sharpness", type=float, help="variance of the Laplacian of the face, 8-bit units")
+    p.add_argument("--iqa-metric", help="pyiqa no-reference metric, e.g. musiq")
+    p.add_argument("--iqa-weights", help="local weights file of --iqa-metric")
+    p.add_argument("--min-iqa", type=float)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_prepare_portrait_set)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headsup-tools", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_tiny_backbone)
+    _add_prepare(sub)
     return parser
 
 
@@ -116,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"headsup-tools {args.command}: error: {err}", file=sys.stderr)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        command = " ".join(filter(None, [args.command, getattr(args, "step", None)]))
+        print(f"headsup-tools {command}: error: {err}", file=sys.stderr)
         return 2
 
 
