@@ -90,7 +90,12 @@ def test_annotate_reads_odd_files_records_errors_and_resumes(photo_tree, annotat
     assert FaceRecord_roundtrip(records["astro/a.png"])
 
     calls = []
-    monkeypatch.setattr(annotator, "detect", lambda images, scales=None: calls.append(len(images)) or [[]] * len(images))
+
+    def counting_detect(images, scales=None):
+        calls.append(len(images))
+        return [[] for _ in images]
+
+    monkeypatch.setattr(annotator, "detect", counting_detect)
     Fc.annotate(photo_tree, annotator=annotator, num_workers=0, progress=False)
     assert calls == []  # nothing is detected again
     Image.fromarray(astronaut()).save(photo_tree / "astro" / "new.png")

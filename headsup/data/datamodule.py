@@ -5,6 +5,8 @@ in `on_after_batch_transfer`, batched on the batch's device and outside autocast
 Training draws parameters from a generator seeded with seed + global rank; HQ-only
 evaluation sets draw each image's parameters from its own index seed. Optionally, as in
 Real-ESRGAN, training targets are USM-sharpened and pairs go through a per-rank pool.
+Annotated sets also carry face boxes/landmarks (HQ pixels) and get a soft face mask here;
+training items can carry an aligned same-identity reference face.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from headsup.data.datasets import EvalDataset, PredictDataset, RandomCropDataset
+from headsup.data.faces import soft_face_mask
+from headsup.data.sampling import MixtureSampler
 from headsup.data.specs import DatasetSpec
 from headsup.degradations import BicubicDegradation, Degradation
 from headsup.degradations.functional import usm_sharpen
@@ -54,6 +58,11 @@ class SRDataModule(L.LightningDataModule):
             `hq` becomes the sharpened target of pixel/perceptual losses and `hq_orig` keeps the
             original (for adversarial terms).
         pool_size: Training-pair pool per rank (Real-ESRGAN uses 180); 0 disables it.
+        face_crop_prob: Probability that a training crop keeps a whole face (annotated sets).
+        max_faces: Face slots per item (`face_boxes`, `face_landmarks`, `face_valid`).
+        reference_size: Side of the aligned same-identity reference face returned with each
+            training item (`reference`, `has_reference`); None: no references.
+        samples_per_epoch: Items per epoch when sets are mixed by weight (default: their total).
     """
 
     def __init__(
@@ -70,6 +79,10 @@ class SRDataModule(L.LightningDataModule):
         predict_input: str | None = None,
         sharpen_gt: bool = False,
         pool_size: int = 0,
+        face_crop_prob: float = 0.5,
+        max_faces: int = 4,
+        reference_size: int | None = None,
+        samples_per_epoch: int | None = None,
     ) -> None:
         super().__init__()
         self.train_specs = list(train or [])
@@ -88,8 +101,13 @@ class SRDataModule(L.LightningDataModule):
         self.sharpen_gt = sharpen_gt
         if pool_size and pool_size % batch_size:
             raise ValueError(f"data.pool_size={pool_size} is not a multiple of data.batch_size={batch_size}")
-        keys = ("lq", "hq", "hq_orig") if sharpen_gt else ("lq", "hq")
-        self.pool = PairPool(pool_size, keys=keys) if pool_size else None
+        self.pool = PairPool(pool_size) if pool_size else None
+        if not 0 <= face_crop_prob <= 1:
+            raise ValueError(f"data.face_crop_prob must be within [0, 1], got {face_crop_prob}")
+        self.face_crop_prob = face_crop_prob
+        self.max_faces = max_faces
+        self.reference_size = reference_size
+        self.samples_per_epoch = samples_per_epoch
         self._generator: torch.Generator | None = None
         for specs in (self.val_specs, self.test_specs):
             names = [s.name for s in specs]
@@ -104,31 +122,42 @@ class SRDataModule(L.LightningDataModule):
     def val_names(self) -> list[str]:
         return [s.name for s in self.val_specs]
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
+        training = shuffle or sampler is not None
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
-            drop_last=shuffle,
-            persistent_workers=shuffle and self.num_workers > 0,
+            drop_last=training,
+            persistent_workers=training and self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def _eval_loader(self, spec: DatasetSpec) -> DataLoader:
+        return self._loader(EvalDataset(spec, self.scale, self.max_faces), self.eval_batch_size, False)
 
     def train_dataloader(self) -> DataLoader:
         if not self.train_specs:
             raise ValueError("no training data: set data.train to a list of DatasetSpec")
-        dataset = ConcatDataset([RandomCropDataset(s, self.crop_size) for s in self.train_specs])
-        return self._loader(dataset, self.batch_size, shuffle=True)
+        sets = [RandomCropDataset(s, self.crop_size, face_crop_prob=self.face_crop_prob, max_faces=self.max_faces,
+                                  reference_size=self.reference_size) for s in self.train_specs]
+        dataset = ConcatDataset(sets)
+        if all(s.weight is None for s in self.train_specs):
+            return self._loader(dataset, self.batch_size, shuffle=True)
+        weights = [s.weight if s.weight is not None else 1.0 for s in self.train_specs]
+        sampler = MixtureSampler([len(d) for d in sets], weights, self.samples_per_epoch, seed=self.seed)
+        return self._loader(dataset, self.batch_size, shuffle=False, sampler=sampler)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(EvalDataset(s, self.scale), self.eval_batch_size, False) for s in self.val_specs]
+        return [self._eval_loader(s) for s in self.val_specs]
 
     def test_dataloader(self) -> list[DataLoader]:
         if not self.test_specs:
             raise ValueError("no test sets: set data.test_sets to a list of DatasetSpec")
-        return [self._loader(EvalDataset(s, self.scale), self.eval_batch_size, False) for s in self.test_specs]
+        return [self._eval_loader(s) for s in self.test_specs]
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_input is None:
@@ -143,6 +172,8 @@ class SRDataModule(L.LightningDataModule):
 
     @torch.no_grad()
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if "face_boxes" in batch and "hq" in batch:  # soft mask of the (HQ-pixel) face boxes
+            batch["face_mask"] = soft_face_mask(batch["face_boxes"], batch["face_valid"], *batch["hq"].shape[-2:])
         if "hq" not in batch or "lq" in batch:
             return batch
         hq = batch["hq"].float()

@@ -6,98 +6,247 @@ Degradation is not applied here: the DataModule does it batched on the device.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from headsup.data import geometry
+from headsup.data.faces import align_faces, box_from_landmarks, template
 from headsup.data.io import ImageReadError, list_images, read_image
 from headsup.data.specs import DatasetSpec
 
 
-def spec_files(spec: DatasetSpec) -> list[Path]:
-    """HQ image paths of a spec, from its folder or its manifest."""
+def load_records(spec: DatasetSpec) -> list[dict]:
+    """The images of a spec as records {"path": Path, ...}, from its folder or its manifest.
+
+    Manifest records keep their other fields (faces, references from `headsup-tools prepare`);
+    relative paths, the references' included, are resolved against the manifest's folder and
+    records with an "error" (unreadable at annotation time) are left out.
+    """
     if (spec.hq is None) == (spec.manifest is None):
         raise ValueError(f"dataset '{spec.name}': give exactly one of 'hq' or 'manifest'")
     if spec.hq is not None:
-        files = list_images(spec.hq)
+        records = [{"path": p} for p in list_images(spec.hq)]
         where = spec.hq
     else:
         manifest = Path(spec.manifest)
         if not manifest.is_file():
             raise FileNotFoundError(f"dataset '{spec.name}': manifest not found: {manifest}")
-        files = []
-        for line in manifest.read_text().splitlines():
+        records = []
+        for number, line in enumerate(manifest.read_text().splitlines(), start=1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            path = Path(json.loads(line)["path"] if line.startswith("{") else line)
-            files.append(path if path.is_absolute() else manifest.parent / path)
+            try:
+                record = json.loads(line) if line.startswith("{") else {"path": line}
+            except json.JSONDecodeError as err:
+                raise ValueError(f"dataset '{spec.name}': {manifest}, line {number}: {err}") from err
+            if record.get("error"):
+                continue
+            record["path"] = _resolve(manifest, record["path"])
+            record["references"] = [{**r, "path": _resolve(manifest, r["path"])} for r in record.get("references", [])]
+            records.append(record)
         where = spec.manifest
-    if not files:
+    if not records:
         raise FileNotFoundError(f"dataset '{spec.name}': no images found in {where}")
-    return files
+    return records
+
+
+def _resolve(manifest: Path, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else manifest.parent / p
+
+
+def spec_files(spec: DatasetSpec) -> list[Path]:
+    """HQ image paths of a spec, from its folder or its manifest."""
+    return [r["path"] for r in load_records(spec)]
 
 
 def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the header, or None if the file cannot be opened."""
+    """(width, height) from the header, after EXIF orientation, or None if the file cannot be opened."""
     try:
         with Image.open(path) as img:
-            return img.size
+            w, h = img.size
+            orientation = img.getexif().get(0x0112, 1)
+            return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     except Exception:  # noqa: BLE001 - any unreadable file is reported by the caller
         return None
 
 
-class RandomCropDataset(Dataset):
-    """Random HQ crops with horizontal flips, for training.
+def face_geometry(record: dict, kind: str, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Boxes (N, 4) and landmarks (N, 5, 2) of a record, in its image's pixels.
 
-    Files smaller than the crop, or unreadable, are left out with a warning naming them.
+    Face sets ("face" kind, FFHQ-style aligned crops) have one face on the FFHQ template, scaled
+    to the image; other sets take the manifest's detections (none for plain folders).
+    """
+    if kind == "face":
+        landmarks = template(512)[None] * torch.tensor([width / 512, height / 512])
+        return box_from_landmarks(landmarks), landmarks
+    found = record.get("faces") or []
+    if not found:
+        return torch.zeros(0, 4), torch.zeros(0, 5, 2)
+    boxes = torch.tensor([f["box"] for f in found], dtype=torch.float32)
+    landmarks = torch.tensor([f["landmarks"] for f in found], dtype=torch.float32)
+    return boxes, landmarks
+
+
+def pad_faces(boxes: torch.Tensor, landmarks: torch.Tensor, valid: torch.Tensor, max_faces: int) -> dict:
+    """Fixed-size face fields for batching: the first `max_faces` valid faces, zero-padded."""
+    boxes, landmarks = boxes[valid][:max_faces], landmarks[valid][:max_faces]
+    n = boxes.shape[0]
+    out_valid = torch.zeros(max_faces, dtype=torch.bool)
+    out_valid[:n] = True
+    return {
+        "face_boxes": torch.cat([boxes, boxes.new_zeros(max_faces - n, 4)]),
+        "face_landmarks": torch.cat([landmarks, landmarks.new_zeros(max_faces - n, 5, 2)]),
+        "face_valid": out_valid,
+    }
+
+
+class ReferenceLoader:
+    """The aligned face crop of a same-identity reference photo, or a "no reference" flag.
+
+    Args:
+        size: Side of the aligned reference (FFHQ 5-point template scaled to it).
     """
 
-    def __init__(self, spec: DatasetSpec, crop_size: int, flip: bool = True) -> None:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def empty(self) -> dict:
+        return {"reference": torch.zeros(3, self.size, self.size), "has_reference": torch.tensor(False)}
+
+    def __call__(self, record: dict, choice: int | None) -> dict:
+        refs = record.get("references") or []
+        if not refs or choice is None:
+            return self.empty()
+        ref = refs[choice % len(refs)]
+        try:
+            image = read_image(ref["path"]).rgb
+        except ImageReadError as err:
+            warnings.warn(f"reference skipped: {err}", stacklevel=2)
+            return self.empty()
+        landmarks = torch.tensor(ref["landmarks"], dtype=torch.float32)[None]
+        aligned = align_faces(image[None], landmarks, self.size)[0].clamp(0, 1)
+        return {"reference": aligned, "has_reference": torch.tensor(True)}
+
+
+class RandomCropDataset(Dataset):
+    """Random HQ crops with horizontal flips, for training, with faces when annotated.
+
+    With face annotations (a manifest from `headsup-tools prepare`, or a "face" kind set), a
+    crop is placed to contain a randomly chosen whole face with probability `face_crop_prob`
+    (centred on it when the face is larger than the crop); boxes and landmarks follow every
+    crop and flip. Face sets (FFHQ-style aligned) are resized to the crop size whole. Files
+    smaller than the crop, or unreadable, are left out with a warning naming them.
+
+    Args:
+        spec: The set.
+        crop_size: HQ crop side.
+        flip: Random horizontal flips.
+        face_crop_prob: Probability that a crop keeps a face whole (when the image has one).
+        max_faces: Face slots per item (padded; `face_valid` marks the used ones).
+        reference_size: Side of the aligned reference face; None returns no reference fields.
+    """
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        crop_size: int,
+        flip: bool = True,
+        face_crop_prob: float = 0.5,
+        max_faces: int = 4,
+        reference_size: int | None = None,
+    ) -> None:
         self.spec = spec
         self.crop_size = crop_size
         self.flip = flip
+        self.face_crop_prob = face_crop_prob
+        self.max_faces = max_faces
+        self.references = ReferenceLoader(reference_size) if reference_size else None
         keep, dropped = [], []
-        for path in spec_files(spec):
-            size = image_size(path)
-            (keep if size is not None and min(size) >= crop_size else dropped).append(path)
+        for record in load_records(spec):
+            size = image_size(record["path"])
+            small = size is None or (spec.kind != "face" and min(size) < crop_size)
+            (dropped if small else keep).append({**record, "size": size})
         if dropped:
             warnings.warn(
                 f"dataset '{spec.name}': skipping {len(dropped)} unreadable or smaller-than-{crop_size}px "
-                f"images: {', '.join(str(p) for p in dropped[:5])}{' ...' if len(dropped) > 5 else ''}",
+                f"images: {', '.join(str(r['path']) for r in dropped[:5])}{' ...' if len(dropped) > 5 else ''}",
                 stacklevel=2,
             )
         if not keep:
             raise ValueError(f"dataset '{spec.name}': no image is at least {crop_size}x{crop_size} px")
-        self.files = keep
+        self.records = keep
+
+    @property
+    def files(self) -> list[Path]:
+        return [r["path"] for r in self.records]
 
     def __len__(self) -> int:
-        return len(self.files) * self.spec.repeat
+        return len(self.records) * self.spec.repeat
+
+    def _window(self, boxes: torch.Tensor, width: int, height: int) -> tuple[int, int]:
+        """Top-left corner of the crop: around a random face, or anywhere."""
+        s = self.crop_size
+        if boxes.shape[0] and bool(torch.rand(()) < self.face_crop_prob):
+            x1, y1, x2, y2 = boxes[int(torch.randint(boxes.shape[0], (1,)))].tolist()
+            corner = []
+            for lo, hi, extent in ((x1, x2, width), (y1, y2, height)):
+                first, last = math.ceil(hi) - s, math.floor(lo)  # the face inside [c, c + s)
+                if first > last:  # face larger than the crop: centre on it
+                    first = last = round((lo + hi) / 2 - s / 2)
+                first, last = max(0, first), min(extent - s, last)
+                corner.append(int(torch.randint(min(first, last), max(first, last) + 1, (1,))))
+            return corner[1], corner[0]
+        return int(torch.randint(height - s + 1, (1,))), int(torch.randint(width - s + 1, (1,)))
 
     def __getitem__(self, index: int) -> dict:
-        path = self.files[index % len(self.files)]
-        image = read_image(path).rgb
-        _, h, w = image.shape
+        record = self.records[index % len(self.records)]
         s = self.crop_size
-        y = int(torch.randint(h - s + 1, (1,)))
-        x = int(torch.randint(w - s + 1, (1,)))
-        crop = image[:, y : y + s, x : x + s]
+        if self.spec.kind == "face":
+            image = read_image(record["path"]).rgb
+            _, h, w = image.shape
+            boxes, landmarks = face_geometry(record, "face", w, h)
+            if (h, w) != (s, s):
+                image = F.interpolate(image[None], size=(s, s), mode="bicubic", antialias=True, align_corners=False)
+                image = image[0].clamp(0, 1)
+                boxes, landmarks = geometry.resize(boxes, landmarks, s / h, s / w)
+            crop, valid = image, torch.ones(1, dtype=torch.bool)
+        else:
+            w, h = record["size"]
+            boxes, landmarks = face_geometry(record, self.spec.kind, w, h)
+            top, left = self._window(boxes, w, h)
+            crop = read_image(record["path"], box=(left, top, left + s, top + s)).rgb
+            if crop.shape[-2:] != (s, s):
+                raise ValueError(f"dataset '{self.spec.name}': {record['path']} is {tuple(crop.shape[-2:])} after "
+                                 f"cropping at {(top, left)}; its size changed since it was listed")
+            boxes, landmarks, valid = geometry.crop(boxes, landmarks, top, left, s, s)
         if self.flip and bool(torch.rand(()) < 0.5):
             crop = crop.flip(-1)
-        return {"hq": crop.contiguous()}
+            boxes, landmarks = geometry.hflip(boxes, landmarks, s)
+        item = {"hq": crop.contiguous(), **pad_faces(boxes, landmarks, valid, self.max_faces)}
+        if self.references is not None:
+            refs = record.get("references") or []
+            item.update(self.references(record, int(torch.randint(len(refs), (1,))) if refs else None))
+        return item
 
 
-def _mod_crop(image: torch.Tensor, scale: int, center: int | None) -> torch.Tensor:
+def _mod_crop(image: torch.Tensor, scale: int, center: int | None) -> tuple[torch.Tensor, int, int]:
+    """The image cropped to `center` (if given) and to a multiple of `scale`, and the crop's corner."""
     _, h, w = image.shape
+    top = left = 0
     if center is not None:
         ch, cw = min(center, h), min(center, w)
-        y, x = (h - ch) // 2, (w - cw) // 2
-        image = image[:, y : y + ch, x : x + cw]
+        top, left = (h - ch) // 2, (w - cw) // 2
+        image = image[:, top : top + ch, left : left + cw]
         _, h, w = image.shape
-    return image[:, : h - h % scale, : w - w % scale]
+    return image[:, : h - h % scale, : w - w % scale], top, left
 
 
 class EvalDataset(Dataset):
@@ -105,13 +254,17 @@ class EvalDataset(Dataset):
 
     Paired sets return `lq` and `hq`, matched by file name stem; HQ-only sets return `hq`
     and a `seed` for the DataModule's deterministic degradation. HQ is cropped to a
-    multiple of the scale (BasicSR's mod-crop).
+    multiple of the scale (BasicSR's mod-crop). Annotated sets (portrait manifests, face
+    sets) also return their faces in HQ pixels, like training items.
     """
 
-    def __init__(self, spec: DatasetSpec, scale: int) -> None:
+    def __init__(self, spec: DatasetSpec, scale: int, max_faces: int = 4) -> None:
         self.spec = spec
         self.scale = scale
-        self.files = spec_files(spec)
+        self.max_faces = max_faces
+        self.records = load_records(spec)
+        self.files = [r["path"] for r in self.records]
+        self.annotated = spec.kind == "face" or any("faces" in r for r in self.records)
         self.lq_files = None
         if spec.lq is not None:
             lq = {p.stem: p for p in list_images(spec.lq)}
@@ -131,21 +284,24 @@ class EvalDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         path = self.files[index]
         item = {"name": path.stem, "index": index}
+        full = read_image(path).rgb
         if self.lq_files is not None:
             lq = read_image(self.lq_files[index]).rgb
-            hq = read_image(path).rgb
             h, w = lq.shape[-2] * self.scale, lq.shape[-1] * self.scale
-            if hq.shape[-2] < h or hq.shape[-1] < w:
+            if full.shape[-2] < h or full.shape[-1] < w:
                 raise ValueError(
-                    f"dataset '{self.spec.name}': HQ {path} is {tuple(hq.shape[-2:])}, smaller than "
+                    f"dataset '{self.spec.name}': HQ {path} is {tuple(full.shape[-2:])}, smaller than "
                     f"LQ x{self.scale} {(h, w)}"
                 )
-            item.update(lq=lq, hq=hq[:, :h, :w])
+            hq, top, left = full[:, :h, :w], 0, 0
+            item.update(lq=lq, hq=hq)
         else:
-            item.update(
-                hq=_mod_crop(read_image(path).rgb, self.scale, self.spec.center_crop),
-                seed=self.spec.seed + index,
-            )
+            hq, top, left = _mod_crop(full, self.scale, self.spec.center_crop)
+            item.update(hq=hq, seed=self.spec.seed + index)
+        if self.annotated:
+            boxes, landmarks = face_geometry(self.records[index], self.spec.kind, full.shape[-1], full.shape[-2])
+            boxes, landmarks, valid = geometry.crop(boxes, landmarks, top, left, hq.shape[-2], hq.shape[-1])
+            item.update(pad_faces(boxes, landmarks, valid, self.max_faces))
         return item
 
 

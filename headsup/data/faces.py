@@ -107,13 +107,26 @@ def write_manifest(path: str | os.PathLike, records: Iterable[dict | FaceRecord]
     def write(tmp: str) -> None:
         with open(tmp, "w") as handle:
             for r in records:
-                handle.write((r.to_json() if isinstance(r, FaceRecord) else json.dumps(r, separators=(",", ":"))) + "\n")
+                line = r.to_json() if isinstance(r, FaceRecord) else json.dumps(r, separators=(",", ":"))
+                handle.write(line + "\n")
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, write)
 
 
 # ---------------------------------------------------------------------------- detection
+def shrink(rgb: torch.Tensor, detect_size: int) -> tuple[torch.Tensor, float]:
+    """The detection copy of a (3, H, W) image in [0, 1] (longer side at most `detect_size`) as
+    uint8, and the factor from original to copy coordinates."""
+    h, w = rgb.shape[-2:]
+    scale = min(1.0, detect_size / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        rgb = F.interpolate(rgb[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        scale = size[1] / w
+    return (rgb.clamp(0, 1) * 255).round().to(torch.uint8), scale
+
+
 class FaceAnnotator:
     """Batched MTCNN (facenet-pytorch, whose weights ship in the wheel) on images of any size.
 
@@ -142,14 +155,7 @@ class FaceAnnotator:
                            thresholds=list(thresholds), post_process=False)
 
     def shrink(self, rgb: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """The detection copy of a (3, H, W) image in [0, 1] as uint8, and its scale factor."""
-        h, w = rgb.shape[-2:]
-        scale = min(1.0, self.detect_size / max(h, w))
-        if scale < 1.0:
-            size = (max(1, round(h * scale)), max(1, round(w * scale)))
-            rgb = F.interpolate(rgb[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-            scale = size[1] / w
-        return (rgb.clamp(0, 1) * 255).round().to(torch.uint8), scale
+        return shrink(rgb, self.detect_size)
 
     @torch.no_grad()
     def detect(self, images: list[torch.Tensor], scales: list[float] | None = None) -> list[list[Face]]:
@@ -173,8 +179,8 @@ class FaceAnnotator:
                 for box, prob, pts in zip(boxes[i], probs[i], points[i]):
                     if prob is None or prob < self.min_prob:
                         continue
-                    faces.append(Face(box=[round(float(v) / scale, 2) for v in box],
-                                      landmarks=[[round(float(x) / scale, 2), round(float(y) / scale, 2)] for x, y in pts],
+                    points_back = [[round(float(x) / scale, 2), round(float(y) / scale, 2)] for x, y in pts]
+                    faces.append(Face(box=[round(float(v) / scale, 2) for v in box], landmarks=points_back,
                                       prob=round(float(prob), 5)))
             faces.sort(key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), reverse=True)
             out.append(faces)
@@ -184,8 +190,8 @@ class FaceAnnotator:
 class _DetectionInputs(torch.utils.data.Dataset):
     """Decodes (EXIF, gray, RGBA, 16-bit) and shrinks images in DataLoader workers."""
 
-    def __init__(self, root: Path, paths: list[Path], annotator: FaceAnnotator) -> None:
-        self.root, self.paths, self.shrink = root, paths, annotator.shrink
+    def __init__(self, root: Path, paths: list[Path], detect_size: int) -> None:
+        self.root, self.paths, self.detect_size = root, paths, detect_size
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -198,7 +204,7 @@ class _DetectionInputs(torch.utils.data.Dataset):
             rgb = read_image(self.paths[i]).rgb
         except ImageReadError as err:
             return {"path": rel, "error": str(err)}
-        small, scale = self.shrink(rgb)
+        small, scale = shrink(rgb, self.detect_size)
         return {"path": rel, "image": small, "scale": scale, "width": rgb.shape[-1], "height": rgb.shape[-2]}
 
 
@@ -229,7 +235,7 @@ def annotate(
     if not todo:
         return manifest
     annotator = annotator or FaceAnnotator()
-    loader = torch.utils.data.DataLoader(_DetectionInputs(root, todo, annotator), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(_DetectionInputs(root, todo, annotator.detect_size), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=list)
     with open(manifest, "a") as handle, tqdm(total=len(todo), desc="faces", unit="img", disable=not progress) as bar:
         for items in loader:
@@ -240,7 +246,8 @@ def annotate(
                 if "error" in it:
                     record = FaceRecord(path=it["path"], error=it["error"])
                 else:
-                    record = FaceRecord(path=it["path"], width=it["width"], height=it["height"], faces=found[it["path"]])
+                    record = FaceRecord(path=it["path"], width=it["width"], height=it["height"],
+                                        faces=found[it["path"]])
                 handle.write(record.to_json() + "\n")
             handle.flush()
             bar.update(len(items))
@@ -248,7 +255,9 @@ def annotate(
 
 
 # ---------------------------------------------------------------------------- masks and alignment
-def soft_face_mask(boxes: torch.Tensor, valid: torch.Tensor, height: int, width: int, softness: float = 0.1) -> torch.Tensor:
+def soft_face_mask(
+    boxes: torch.Tensor, valid: torch.Tensor, height: int, width: int, softness: float = 0.1
+) -> torch.Tensor:
     """(B, 1, H, W) mask, 1 inside each valid face box, falling off smoothly outside it.
 
     boxes: (B, F, 4) in pixels; valid: (B, F). The fall-off is a logistic of the box-normalised
@@ -265,6 +274,17 @@ def soft_face_mask(boxes: torch.Tensor, valid: torch.Tensor, height: int, width:
     dy = (ys.view(1, 1, -1, 1) - cy[..., None, None]).abs() / hh[..., None, None]
     mask = torch.sigmoid((1 - torch.maximum(dx, dy)) / softness) * valid[..., None, None]
     return mask.amax(1, keepdim=True) if mask.shape[1] else boxes.new_zeros(b, 1, height, width)
+
+
+def box_from_landmarks(landmarks: torch.Tensor) -> torch.Tensor:
+    """A face box (N, 4) from 5 landmarks (N, 5, 2), for sets without detections (aligned faces).
+
+    The landmarks' bounding box grown by 0.5 eye distances left and right, 0.95 above and 0.7
+    below: the margins of MTCNN's box around its own landmarks on scikit-image's astronaut.
+    """
+    eye = (landmarks[:, 1] - landmarks[:, 0]).norm(dim=-1)
+    lo, hi = landmarks.amin(1), landmarks.amax(1)
+    return torch.stack([lo[:, 0] - 0.5 * eye, lo[:, 1] - 0.95 * eye, hi[:, 0] + 0.5 * eye, hi[:, 1] + 0.7 * eye], 1)
 
 
 def template(size: int = 512, device=None) -> torch.Tensor:

@@ -70,8 +70,10 @@ def _to_float(array: np.ndarray) -> tuple[np.ndarray, int]:
     raise ImageReadError(f"unsupported pixel type {array.dtype}")
 
 
-def read_image(path: str | os.PathLike) -> LoadedImage:
-    """Decode `path` into a `LoadedImage`.
+def read_image(path: str | os.PathLike, box: tuple[int, int, int, int] | None = None) -> LoadedImage:
+    """Decode `path` into a `LoadedImage`; with `box` (left, top, right, bottom, in the upright
+    image after EXIF orientation) only that region is converted, which spares the float copy of
+    a whole 4K photo when a crop is all that is needed.
 
     Raises:
         ImageReadError: the file is missing, empty, truncated or not an image.
@@ -82,12 +84,19 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
             deep_colour = img.mode in ("RGB", "RGBA") and _bits_per_sample(img) == 16
             img = ImageOps.exif_transpose(img)
             img.load()
+            if box is not None and not deep_colour:
+                img = img.crop(box)
     except FileNotFoundError as err:
         raise ImageReadError(f"image not found: {path}") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"cannot read image {path}: {err}") from err
     if deep_colour:
-        return _read_deep_colour(path)
+        loaded = _read_deep_colour(path)
+        if box is not None:
+            left, top, right, bottom = box
+            loaded.rgb = loaded.rgb[:, top:bottom, left:right]
+            loaded.alpha = loaded.alpha[:, top:bottom, left:right] if loaded.alpha is not None else None
+        return loaded
     return pil_to_loaded(img, path)
 
 

@@ -21,10 +21,13 @@ class DatasetSpec:
         lq: Folder of LQ images paired with `hq` by file name.
         manifest: Text file with one image path per line (relative to the file), or JSON
             Lines with a "path" field.
-        kind: What the set holds: portrait, general or face.
+        kind: What the set holds: portrait (faces and references from a `headsup-tools prepare`
+            manifest), general (no faces) or face (FFHQ-style aligned faces on the 5-point template).
         seed: Base seed of the synthetic degradation of HQ-only evaluation sets.
         center_crop: Evaluate on a centred HQ crop of this size (None: whole image).
         repeat: Times the set is repeated per training epoch.
+        weight: Sampling weight of the set in a training mixture (None: in proportion to its
+            size). Setting it on any training set draws sets by weight (MixtureSampler).
     """
 
     name: str
@@ -35,3 +38,4 @@ class DatasetSpec:
     seed: int = 0
     center_crop: int | None = None
     repeat: int = 1
+    weight: float | None = None

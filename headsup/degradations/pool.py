@@ -17,10 +17,12 @@ class PairPool:
 
     Args:
         size: Number of samples kept; a multiple of the batch size.
-        keys: Batch entries exchanged through the pool (others pass through unchanged).
+        keys: Batch entries exchanged through the pool (others pass through unchanged); None:
+            every tensor with the batch's leading size (images, faces, masks, references), fixed
+            at the first batch, so everything that describes a sample travels with it.
     """
 
-    def __init__(self, size: int, keys: tuple[str, ...] = ("lq", "hq")) -> None:
+    def __init__(self, size: int, keys: tuple[str, ...] | None = None) -> None:
         if size < 1:
             raise ValueError(f"pool size must be positive, got {size}")
         self.size = size
@@ -29,6 +31,9 @@ class PairPool:
         self.filled = 0
 
     def __call__(self, batch: dict, generator: torch.Generator | None = None) -> dict:
+        if self.keys is None:
+            b = batch["lq"].shape[0]
+            self.keys = tuple(k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == b)
         b = batch[self.keys[0]].shape[0]
         if self.size % b:
             raise ValueError(f"pool size {self.size} is not a multiple of the batch size {b}")
