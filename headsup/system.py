@@ -103,7 +103,7 @@ class SRSystem(L.LightningModule):
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         step = int(self.generator_updates)
-        out = self.generator.generate(batch["lq"])
+        out = self.generator.generate(batch["lq"], **self._conditioning(batch))
         ctx = StepContext(batch["lq"], batch["hq"], out.image, out.latent, step, batch)
 
         losses: dict[str, torch.Tensor] = {}
@@ -142,6 +142,19 @@ class SRSystem(L.LightningModule):
         self.log("train/generator_updates", float(step + 1), batch_size=bs)
         return total.detach()
 
+    def _conditioning(self, batch: dict) -> dict:
+        """Reference-conditioning inputs of a batch for a `reference=True` generator: the face
+        mask, and the reference of face slot 0 (the largest face, whose identity it shows)."""
+        if not getattr(self.generator, "reference", False):
+            return {}
+        cond = {}
+        if "face_mask" in batch:
+            cond["face_mask"] = batch["face_mask"]
+        if "reference" in batch and "face_landmarks" in batch:
+            cond.update(reference=batch["reference"], landmarks=batch["face_landmarks"][:, 0],
+                        has_reference=batch["has_reference"] & batch["face_valid"][:, 0])
+        return cond
+
     # ------------------------------------------------------------------ evaluation
     def _metric(self, key: str, crop_border: int) -> MetricCollection:
         if key not in self._metrics:
@@ -160,7 +173,7 @@ class SRSystem(L.LightningModule):
     def _evaluate(self, stage: str, batch: dict, batch_idx: int, dataloader_idx: int) -> dict:
         name = self._set_name(stage, dataloader_idx)
         scale = self.generator.scale
-        sr = self.generator(batch["lq"]).float()
+        sr = self.generator(batch["lq"], **self._conditioning(batch)).float()
         hq = batch["hq"].float()
         self._metric(f"{stage}/{name}/{self.method}", scale).update(sr, hq)
         self._metric(f"{stage}/{name}/bicubic", scale).update(self._bicubic(batch["lq"].float()), hq)

@@ -38,6 +38,30 @@ def tiny_sd_dir(tmp_path_factory, samples_dir) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def lpips_files(tmp_path_factory) -> tuple[Path, Path]:
+    """Random VGG16 and LPIPS linear weights saved where real weights would be."""
+    from torchvision.models import vgg16
+
+    tmp = tmp_path_factory.mktemp("lpips")
+    torch.manual_seed(0)
+    torch.save(vgg16(weights=None).features.state_dict(prefix="features."), tmp / "vgg16.pth")
+    lins = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 128, 256, 512, 512))}
+    torch.save(lins, tmp / "lpips_vgg.pth")
+    return tmp / "vgg16.pth", tmp / "lpips_vgg.pth"
+
+
+@pytest.fixture(scope="session")
+def facenet_file(tmp_path_factory) -> Path:
+    """A random InceptionResnetV1 state dict saved where the VGGFace2 weights would be."""
+    from facenet_pytorch import InceptionResnetV1
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("facenet") / "facenet.pt"
+    torch.save(InceptionResnetV1(pretrained=None).state_dict(), path)
+    return path
+
+
 def make_config(tmp_path: Path, samples: Path, backbone: Path, test_crop: int = 64, **trainer) -> Path:
     """The quickstart config with every path moved under tmp_path and trainer overrides applied."""
     cfg = yaml.safe_load(QUICKSTART.read_text())

@@ -9,6 +9,7 @@ import torch
 
 from headsup.data import curation as C
 from headsup.data.faces import read_manifest
+from headsup.models.identity import load_identity_net
 
 
 def _record(w, h, eye=80.0, path="x.jpg", faces=True, error=None):
@@ -82,14 +83,10 @@ def test_clustering_links_faces_at_the_cosine_threshold():
     assert pairs["a1"] == ["a2"] and pairs["a2"] == ["a1"] and pairs["b1"] == []
 
 
-def test_identity_net_from_a_local_state_dict(tmp_path):
-    from facenet_pytorch import InceptionResnetV1
+def test_identity_net_from_a_local_state_dict(tmp_path, facenet_file):
     from skimage.data import astronaut
 
-    torch.manual_seed(0)
-    weights = tmp_path / "facenet.pt"
-    torch.save(InceptionResnetV1(pretrained=None).state_dict(), weights)
-    net = C.load_identity_net(weights)
+    net = load_identity_net(facenet_file)
     from PIL import Image
 
     Image.fromarray(astronaut()).save(tmp_path / "a.png")
@@ -99,10 +96,10 @@ def test_identity_net_from_a_local_state_dict(tmp_path):
     assert list(emb) == ["a.png"] and emb["a.png"].shape == (512,)
     assert torch.linalg.norm(emb["a.png"]) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(FileNotFoundError, match="--weights"):
-        C.load_identity_net(tmp_path / "missing.pt")
+        load_identity_net(tmp_path / "missing.pt")
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not InceptionResnetV1"):
-        C.load_identity_net(tmp_path / "other.pt")
+        load_identity_net(tmp_path / "other.pt")
 
 
 def test_build_portrait_set_from_a_manifest(tmp_path):

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.models import vgg16
 
 from headsup.models.lpips import LPIPS
 from headsup.objectives.base import StepContext
 from headsup.objectives.reconstruction import LPIPSLoss
 
 
-@pytest.fixture(scope="module")
-def weight_files(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lpips")
-    torch.manual_seed(0)
-    torch.save(vgg16(weights=None).state_dict(), tmp / "vgg16.pth")
-    lins = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 128, 256, 512, 512))}
-    torch.save(lins, tmp / "lpips_vgg.pth")
-    return tmp / "vgg16.pth", tmp / "lpips_vgg.pth"
+@pytest.fixture()
+def weight_files(lpips_files):
+    return lpips_files
 
 
 def test_loaded_weights_are_used_and_frozen(weight_files):

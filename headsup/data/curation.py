@@ -123,23 +123,6 @@ def folder_identities(records: list[dict]) -> dict[str, str]:
     return out
 
 
-def load_identity_net(weights: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """facenet-pytorch's InceptionResnetV1 with weights from a local state-dict file."""
-    from facenet_pytorch import InceptionResnetV1
-
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"--weights: face-recognition weights not found: {path}")
-    net = InceptionResnetV1(pretrained=None, classify=False)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith("logits.")}
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"--weights {path}: not InceptionResnetV1 weights (missing {missing[:3]}, "
-                         f"unexpected {unexpected[:3]})")
-    return net.eval().to(device)
-
-
 @torch.no_grad()
 def face_embeddings(records: list[dict], root: str | os.PathLike, net: torch.nn.Module, size: int = 160,
                     batch_size: int = 32) -> dict[str, torch.Tensor]:

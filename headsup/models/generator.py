@@ -8,6 +8,13 @@
 
 (OSEDiff, Wu et al. 2024, Sec. 3.2.) The LQ latent is used directly as the noisy
 latent at t = 999; z0 is the clean-latent estimate from the epsilon (or v) prediction.
+
+With `reference=True` (HeadsUp's reference-based identity), the UNet input is
+[z, z_ref, m]: z_ref is the latent of an HQ reference face of the same person, warped
+from the FFHQ-aligned crop onto the face's position in the image (from its 5 landmarks),
+and m the soft face mask at latent resolution. conv_in is widened for these channels
+with zero weights, so at initialisation the UNet computes exactly what it did before;
+in training the reference is dropped (zeros) with probability `reference_dropout`.
 Images are in [0, 1] outside, [-1, 1] inside the VAE. Sizes that are not a multiple
 of the latent grid (8 x 8 = 64 px for SD) are reflect-padded and cropped back, so the output is exactly
 input size x scale.
@@ -49,6 +56,8 @@ class OneStepSR(nn.Module):
         vae_lora: LoRA of the VAE encoder; its prefix keeps it off the decoder.
         train_conv_in: Make the UNet's input convolution fully trainable (as OSEDiff does).
         sample_latent: Sample from the encoder's posterior in training instead of taking its mean.
+        reference: Condition on a reference face and the face mask (conv_in widened, zero-initialised).
+        reference_dropout: Probability of dropping the reference of a training sample.
     """
 
     def __init__(
@@ -60,6 +69,8 @@ class OneStepSR(nn.Module):
         vae_lora: LoRASpec | None = None,
         train_conv_in: bool = True,
         sample_latent: bool = False,
+        reference: bool = False,
+        reference_dropout: float = 0.2,
     ) -> None:
         super().__init__()
         parts = backbone.build()
@@ -76,6 +87,14 @@ class OneStepSR(nn.Module):
         )
         self.register_buffer("alpha_bar", parts.alphas_cumprod[timestep].clone(), persistent=False)
         self.register_buffer("prompt_embeds", parts.prompt_embeds.detach().clone(), persistent=False)
+        if not 0 <= reference_dropout <= 1:
+            raise ValueError(f"reference_dropout must be within [0, 1], got {reference_dropout}")
+        self.reference = reference
+        self.reference_dropout = reference_dropout
+        self.latent_channels = int(self.unet.config.in_channels)
+        self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        if reference:
+            widen_conv_in(self.unet, 2 * self.latent_channels + 1)
 
         self.requires_grad_(False)
         self.unet_lora = unet_lora or LoRASpec(rank=4, alpha=4.0, targets=list(UNET_TARGETS))
@@ -112,11 +131,13 @@ class OneStepSR(nn.Module):
         z = posterior.sample() if (self.training and self.sample_latent) else posterior.mode()
         return z * self.scaling_factor
 
-    def denoise(self, z: torch.Tensor) -> torch.Tensor:
-        """One UNet call at `timestep`; returns the clean-latent estimate z0."""
+    def denoise(self, z: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """One UNet call at `timestep`; returns the clean-latent estimate z0. `extra`: the
+        conditioning channels appended to the input (reference latent, face mask)."""
         t = torch.full((z.shape[0],), self.timestep, device=z.device, dtype=torch.long)
         cond = self.prompt_embeds.to(dtype=z.dtype).expand(z.shape[0], -1, -1)
-        pred = self.unet(z, t, encoder_hidden_states=cond).sample
+        x = z if extra is None else torch.cat([z, extra.to(z.dtype)], dim=1)
+        pred = self.unet(x, t, encoder_hidden_states=cond).sample
         a = self.alpha_bar.to(z.dtype)
         if self.prediction_type == "epsilon":
             return (z - (1 - a).sqrt() * pred) / a.sqrt()
@@ -128,13 +149,92 @@ class OneStepSR(nn.Module):
         """Frozen VAE decoder; scaled latent -> image in [0, 1]."""
         return ((self.vae.decode(z0 / self.scaling_factor).sample.clamp(-1, 1) + 1) / 2)
 
-    def generate(self, lq: torch.Tensor) -> SROutput:
-        """Full pass keeping the latent (what objectives such as VSD need)."""
+    def keep_reference(self, has_reference: torch.Tensor) -> torch.Tensor:
+        """Which samples keep their reference: all that have one, less a random
+        `reference_dropout` share in training."""
+        keep = has_reference.bool()
+        if self.training and self.reference_dropout > 0:
+            keep = keep & (torch.rand(keep.shape, device=keep.device) >= self.reference_dropout)
+        return keep
+
+    def conditioning(
+        self,
+        z: torch.Tensor,
+        reference: torch.Tensor | None = None,
+        landmarks: torch.Tensor | None = None,
+        face_mask: torch.Tensor | None = None,
+        has_reference: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The extra UNet input channels [z_ref, m] for latents z (B, C, h, w).
+
+        reference: (B, 3, R, R) FFHQ-aligned reference faces in [0, 1]; landmarks: (B, 5, 2) of
+        the face they belong to, in output pixels; face_mask: (B, 1, H, W) in output pixels;
+        has_reference: (B,) which samples have a usable reference. Missing parts are zeros.
+        """
+        b, _, h, w = z.shape
+        z_ref = z.new_zeros(b, self.latent_channels, h, w)
+        if reference is not None and landmarks is not None:
+            keep = torch.ones(b, dtype=torch.bool, device=z.device) if has_reference is None else has_reference
+            idx = self.keep_reference(keep.to(z.device)).nonzero().flatten()
+            if idx.numel():
+                frame = warp_reference(reference[idx].float(), landmarks[idx].float(), h * self.vae_factor,
+                                       w * self.vae_factor)
+                posterior = self.vae.encode(frame.to(z.dtype) * 2 - 1).latent_dist
+                z_ref = z_ref.index_copy(0, idx, posterior.mode() * self.scaling_factor)
+        if face_mask is None:
+            mask = z.new_zeros(b, 1, h, w)
+        else:
+            fh, fw = face_mask.shape[-2:]
+            padded = F.pad(face_mask.to(z.dtype), (0, w * self.vae_factor - fw, 0, h * self.vae_factor - fh))
+            mask = F.interpolate(padded, size=(h, w), mode="area")
+        return torch.cat([z_ref, mask], dim=1)
+
+    def generate(
+        self,
+        lq: torch.Tensor,
+        reference: torch.Tensor | None = None,
+        landmarks: torch.Tensor | None = None,
+        face_mask: torch.Tensor | None = None,
+        has_reference: torch.Tensor | None = None,
+    ) -> SROutput:
+        """Full pass keeping the latent (what objectives such as VSD need). The reference
+        arguments (see `conditioning`) are used by a `reference=True` generator, else ignored."""
         out_h, out_w = lq.shape[-2] * self.scale, lq.shape[-1] * self.scale
-        z0 = self.denoise(self.encode(lq))
+        z = self.encode(lq)
+        extra = self.conditioning(z, reference, landmarks, face_mask, has_reference) if self.reference else None
+        z0 = self.denoise(z, extra)
         image = self.decode(z0)[..., :out_h, :out_w]
         return SROutput(image=image, latent=z0)
 
-    def forward(self, lq: torch.Tensor) -> torch.Tensor:
+    def forward(self, lq: torch.Tensor, **conditioning) -> torch.Tensor:
         """LQ (B, 3, h, w) in [0, 1] -> SR (B, 3, h*scale, w*scale) in [0, 1]."""
-        return self.generate(lq).image
+        return self.generate(lq, **conditioning).image
+
+
+def widen_conv_in(unet: nn.Module, in_channels: int) -> None:
+    """Give the UNet's input convolution `in_channels` inputs; the new ones start at zero."""
+    old = unet.conv_in
+    new = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+                    bias=old.bias is not None).to(old.weight.device, old.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    new.requires_grad_(old.weight.requires_grad)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=in_channels)
+
+
+def warp_reference(reference: torch.Tensor, landmarks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Place FFHQ-aligned faces (B, 3, R, R) onto frames of (height, width) at the faces whose
+    5 landmarks (B, 5, 2) are given; zeros elsewhere."""
+    import kornia
+
+    from headsup.data.faces import similarity_transform, template
+
+    size = reference.shape[-1]
+    matrix = similarity_transform(template(size, reference.device)[None].expand(len(reference), -1, -1) - 0.5,
+                                  landmarks - 0.5)
+    return kornia.geometry.transform.warp_affine(reference, matrix.to(reference.dtype), (height, width),
+                                                 mode="bilinear", padding_mode="zeros", align_corners=True)

@@ -1,0 +1,82 @@
+"""Face MSE / LPIPS on differentiable face crops, and the identity loss with a frozen network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from skimage.data import astronaut
+
+from headsup.models.identity import IdentityNet
+from headsup.objectives.base import StepContext
+from headsup.objectives.face import FaceLPIPS, FaceMSE, face_crops
+from headsup.objectives.identity import IdentityLoss
+
+LANDMARKS = torch.tensor([[205.01, 101.73], [246.76, 103.71], [224.67, 128.96], [201.72, 139.25], [245.27, 141.86]])
+BOX = torch.tensor([181.05, 62.16, 267.75, 172.05])
+
+
+def _batch(n: int = 2, faces: bool = True) -> dict:
+    valid = torch.zeros(n, 2, dtype=torch.bool)
+    valid[:, 0] = faces
+    return {"face_boxes": torch.stack([BOX, torch.zeros(4)])[None].repeat(n, 1, 1),
+            "face_landmarks": torch.stack([LANDMARKS, torch.zeros(5, 2)])[None].repeat(n, 1, 1, 1),
+            "face_valid": valid}
+
+
+@pytest.fixture(scope="module")
+def hq():
+    return (torch.from_numpy(astronaut()).permute(2, 0, 1).float() / 255)[None].repeat(2, 1, 1, 1)
+
+
+def test_face_crop_is_the_box_region():
+    img = torch.rand(1, 3, 100, 120)
+    boxes = torch.tensor([[[10.0, 20.0, 74.0, 84.0]]])
+    crop = face_crops(img, boxes, torch.ones(1, 1, dtype=torch.bool), 64)
+    assert torch.allclose(crop[0], img[0, :, 20:84, 10:74], atol=1e-5)
+    tall = torch.tensor([[[10.0, 20.0, 42.0, 84.0]]])  # 32x64 box -> the 64x64 square around it
+    crop = face_crops(img, tall, torch.ones(1, 1, dtype=torch.bool), 64)
+    assert torch.allclose(crop[0, :, :, 6:], img[0, :, 20:84, 0:58], atol=1e-3)  # x from -6: 6 columns outside
+    assert crop[0, :, :, :6].abs().sum() == 0
+
+
+def test_face_mse_looks_only_at_faces(hq):
+    loss = FaceMSE()
+    sr = hq.clone().requires_grad_(True)
+    assert float(loss.generator_loss(StepContext(lq=hq, hq=hq, sr=sr, batch=_batch()))) == 0.0
+    noisy = (hq + 0.1 * torch.randn_like(hq)).clamp(0, 1).requires_grad_(True)
+    value = loss.generator_loss(StepContext(lq=hq, hq=hq, sr=noisy, batch=_batch()))
+    assert float(value) > 1e-3
+    value.backward()
+    grad = noisy.grad.abs().sum(1)[0]
+    assert grad[62:172, 181:267].sum() > 0
+    assert grad[200:, :].sum() == 0 and grad[:, :150].sum() == 0  # nothing outside the face square
+    empty = loss.generator_loss(StepContext(lq=hq, hq=hq, sr=noisy, batch=_batch(faces=False)))
+    assert float(empty) == 0.0 and empty.requires_grad
+    assert float(loss.generator_loss(StepContext(lq=hq, hq=hq, sr=noisy, batch={}))) == 0.0  # general sets
+
+
+def test_face_lpips(hq, lpips_files):
+    loss = FaceLPIPS(*map(str, lpips_files))
+    assert float(loss.generator_loss(StepContext(lq=hq, hq=hq, sr=hq, batch=_batch()))) == pytest.approx(0, abs=1e-6)
+    blurred = torch.nn.functional.avg_pool2d(hq, 5, 1, 2).requires_grad_(True)
+    value = loss.generator_loss(StepContext(lq=hq, hq=hq, sr=blurred, batch=_batch()))
+    assert float(value) > 0
+    value.backward()
+    assert blurred.grad.abs().sum() > 0 and not any(p.requires_grad for p in loss.lpips.parameters())
+
+
+def test_identity_loss_is_zero_for_the_same_face_and_trains_only_the_generator(hq, facenet_file):
+    loss = IdentityLoss(IdentityNet(str(facenet_file)))
+    loss.train()
+    assert not loss.identity.net.training and not any(p.requires_grad for p in loss.identity.parameters())
+    assert float(loss.generator_loss(StepContext(lq=hq, hq=hq, sr=hq, batch=_batch()))) == pytest.approx(0, abs=1e-5)
+    other = hq.flip(-1).clone().requires_grad_(True)  # the face is elsewhere: a different crop
+    value = loss.generator_loss(StepContext(lq=hq, hq=hq, sr=other, batch=_batch()))
+    assert 0 < float(value) <= 2
+    value.backward()
+    assert other.grad.abs().sum() > 0
+    assert all(p.grad is None for p in loss.identity.parameters())
+    empty = loss.generator_loss(StepContext(lq=hq, hq=hq, sr=other, batch=_batch(faces=False)))
+    assert float(empty) == 0.0
+    with pytest.raises(FileNotFoundError, match="--weights"):
+        IdentityNet("/nonexistent/facenet.pt")
