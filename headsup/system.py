@@ -99,6 +99,12 @@ class SRSystem(L.LightningModule):
             return optimizers
         return optimizers, [{"scheduler": self.lr_scheduler_fn(optimizers[0]), "interval": "step"}]
 
+    def on_fit_start(self) -> None:
+        # every rank draws its own objective randomness (VSD timesteps and noise, ...)
+        base = torch.initial_seed() % 2**31
+        for i, objective in enumerate(self.objectives.values()):
+            objective.seed(base + 1000 * self.global_rank + i)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]

@@ -9,6 +9,7 @@ models from config dicts. Nothing here touches the network.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ class Backbone:
         prompt_embeds: (1, L, D) embedding of the fixed (empty) prompt.
     """
 
-    vae: AutoencoderKL
+    vae: AutoencoderKL | None
     unet: UNet2DConditionModel
     alphas_cumprod: torch.Tensor
     prediction_type: str
@@ -74,7 +75,12 @@ class Backbone:
 class BackboneSource:
     """Builds a `Backbone`; subclasses say from where."""
 
-    def build(self) -> Backbone:
+    def build(self, include_vae: bool = True) -> Backbone:
+        """The parts; without `include_vae` the VAE is not loaded (`vae` is None)."""
+        raise NotImplementedError
+
+    def embed_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """(N, L, D) text embeddings of `prompts`, computed once (e.g. CFG's prompt pair)."""
         raise NotImplementedError
 
 
@@ -99,7 +105,17 @@ class DiffusersFolder(BackboneSource):
         self.path = path
         self.prompt = prompt
 
-    def build(self) -> Backbone:
+    def build(self, include_vae: bool = True) -> Backbone:
+        root = self._root()
+        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=True) if include_vae else None
+        scheduler_file = root / "scheduler" / "scheduler_config.json"
+        config = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else SD_SCHEDULER
+        alphas_cumprod, prediction_type = _schedule(config)
+        prompt_embeds = self.embed_prompts([self.prompt], unet.config.cross_attention_dim)
+        return Backbone(vae, unet, alphas_cumprod, prediction_type, prompt_embeds)
+
+    def _root(self) -> Path:
         root = Path(self.path).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(
@@ -109,25 +125,23 @@ class DiffusersFolder(BackboneSource):
         for sub in ("unet", "vae"):
             if not (root / sub).is_dir():
                 raise FileNotFoundError(f"diffusers folder {root} has no '{sub}/' subfolder")
-        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", local_files_only=True)
-        vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=True)
-        scheduler_file = root / "scheduler" / "scheduler_config.json"
-        config = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else SD_SCHEDULER
-        alphas_cumprod, prediction_type = _schedule(config)
-        if (root / "text_encoder").is_dir() and (root / "tokenizer").is_dir():
-            prompt_embeds = self._embed_prompt(root)
-        else:
-            prompt_embeds = torch.zeros(1, 77, unet.config.cross_attention_dim)
-        return Backbone(vae, unet, alphas_cumprod, prediction_type, prompt_embeds)
+        return root
 
     @torch.no_grad()
-    def _embed_prompt(self, root: Path) -> torch.Tensor:
+    def embed_prompts(self, prompts: list[str], dim: int | None = None) -> torch.Tensor:
+        """CLIP text embeddings from the folder's text encoder, loaded for this call only;
+        zeros (77 tokens) when the folder has no text encoder."""
+        root = self._root()
+        if not ((root / "text_encoder").is_dir() and (root / "tokenizer").is_dir()):
+            if dim is None:
+                dim = json.loads((root / "unet" / "config.json").read_text())["cross_attention_dim"]
+            return torch.zeros(len(prompts), 77, dim)
         from transformers import CLIPTextModel, CLIPTokenizer
 
         tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True)
         encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", local_files_only=True)
         ids = tokenizer(
-            [self.prompt], padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+            list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
             return_tensors="pt",
         ).input_ids
         return encoder(ids)[0].float()
@@ -158,11 +172,22 @@ class FromConfig(BackboneSource):
         self.prompt_length = prompt_length
         self.seed = seed
 
-    def build(self) -> Backbone:
+    def build(self, include_vae: bool = True) -> Backbone:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             unet = UNet2DConditionModel(**self.unet)
-            vae = AutoencoderKL(**self.vae)
+            vae = AutoencoderKL(**self.vae) if include_vae else None
         alphas_cumprod, prediction_type = _schedule(self.scheduler)
         prompt = torch.zeros(1, self.prompt_length, unet.config.cross_attention_dim)
         return Backbone(vae, unet, alphas_cumprod, prediction_type, prompt)
+
+    def embed_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Stand-in embeddings without a text encoder: zeros for the empty prompt, otherwise
+        unit Gaussian noise seeded by the prompt's text (different prompts differ, repeatably)."""
+        dim = self.unet["cross_attention_dim"]
+        out = torch.zeros(len(prompts), self.prompt_length, dim)
+        for i, text in enumerate(prompts):
+            if text:
+                seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+                out[i] = torch.randn(self.prompt_length, dim, generator=torch.Generator().manual_seed(seed))
+        return out

@@ -49,6 +49,19 @@ class Objective(nn.Module):
         super().__init__()
         self.weight = weight
         self.start_step = start_step
+        self._seed = 0
+        self._rng: torch.Generator | None = None
+
+    def seed(self, seed: int) -> None:
+        """Seed the objective's own random draws (timesteps, noise); SRSystem gives each rank its own."""
+        self._seed = seed
+        self._rng = None
+
+    def rng(self, device: torch.device) -> torch.Generator:
+        """The objective's generator on `device` (created on first use from the seed)."""
+        if self._rng is None or self._rng.device != torch.device(device):
+            self._rng = torch.Generator(device=device).manual_seed(self._seed)
+        return self._rng
 
     def active(self, step: int) -> bool:
         return self.weight != 0 and step >= self.start_step

@@ -1,0 +1,100 @@
+"""The frozen teacher (real score) and the LoRA fake score of VSD, sharing one UNet.
+
+VSD needs two diffusion models on the generator's latents: the pretrained UNet, frozen, as
+the score of real images (with classifier-free guidance), and a copy fine-tuned on the
+generator's outputs as the score of generated images. Here they are one UNet: its base
+weights are frozen and shared; the fake score is a peft LoRA adapter ("fake_score") on it,
+and the teacher is the same UNet with adapters disabled. That holds one full UNet instead
+of two (OSEDiff keeps two copies).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from headsup.models.backbone import BackboneSource
+from headsup.models.lora import UNET_TARGETS, LoRASpec, add_lora
+
+ADAPTER = "fake_score"
+
+
+def to_epsilon(pred: torch.Tensor, z_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The UNet output as the noise estimate eps, for epsilon / v / sample prediction."""
+    a = alpha_bar.view(-1, 1, 1, 1)
+    if prediction_type == "epsilon":
+        return pred
+    if prediction_type == "v_prediction":
+        return a.sqrt() * pred + (1 - a).sqrt() * z_t
+    return (z_t - a.sqrt() * pred) / (1 - a).sqrt()
+
+
+def to_x0(eps: torch.Tensor, z_t: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """Clean-latent estimate from the noise estimate: (z_t - sqrt(1 - abar) eps) / sqrt(abar)."""
+    a = alpha_bar.view(-1, 1, 1, 1)
+    return (z_t - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+class TeacherWithFakeScore(nn.Module):
+    """One frozen UNet serving as the CFG teacher (adapters off) and the fake score (LoRA on).
+
+    Args:
+        backbone: Source of the pretrained UNet and noise schedule (the generator's).
+        fake_lora: LoRA of the fake score (rank, alpha, targets).
+        guidance_scale: Classifier-free guidance scale of the teacher.
+        prompt: Positive prompt (of the teacher's conditional branch and of the fake score).
+        negative_prompt: Prompt of the teacher's unconditional branch.
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneSource,
+        fake_lora: LoRASpec | None = None,
+        guidance_scale: float = 7.5,
+        prompt: str = "",
+        negative_prompt: str = "",
+    ) -> None:
+        super().__init__()
+        parts = backbone.build(include_vae=False)
+        self.unet = parts.unet.requires_grad_(False)
+        self.prediction_type = parts.prediction_type
+        self.guidance_scale = guidance_scale
+        self.register_buffer("alphas_cumprod", parts.alphas_cumprod.clone(), persistent=False)
+        embeds = backbone.embed_prompts([prompt, negative_prompt])
+        self.register_buffer("prompt_embeds", embeds[:1].clone(), persistent=False)
+        self.register_buffer("negative_embeds", embeds[1:].clone(), persistent=False)
+        add_lora(self.unet, fake_lora or LoRASpec(rank=4, alpha=4.0, targets=list(UNET_TARGETS)), ADAPTER)
+        self.unet.set_adapter(ADAPTER)
+        self.train()
+
+    def train(self, mode: bool = True) -> TeacherWithFakeScore:
+        super().train(mode)
+        self.unet.eval()  # no dropout in either score
+        return self
+
+    def fake_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.unet.named_parameters() if f".{ADAPTER}." in n]
+
+    def _call(self, z_t: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        cond = embeds.to(z_t.dtype).expand(z_t.shape[0], -1, -1) if embeds.shape[0] == 1 else embeds.to(z_t.dtype)
+        return self.unet(z_t, t, encoder_hidden_states=cond).sample
+
+    def real_eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Teacher noise estimate with classifier-free guidance (one batched call for both branches)."""
+        b = z_t.shape[0]
+        embeds = torch.cat([self.prompt_embeds.expand(b, -1, -1), self.negative_embeds.expand(b, -1, -1)])
+        self.unet.disable_adapters()
+        try:
+            pred = self._call(torch.cat([z_t, z_t]), torch.cat([t, t]), embeds)
+        finally:
+            self.unet.enable_adapters()
+        a = self.alphas_cumprod[t]
+        eps_pos, eps_neg = to_epsilon(pred, torch.cat([z_t, z_t]), torch.cat([a, a]), self.prediction_type).chunk(2)
+        return eps_neg + self.guidance_scale * (eps_pos - eps_neg)
+
+    def fake_output(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The fake score's raw UNet output (its training target follows the prediction type)."""
+        return self._call(z_t, t, self.prompt_embeds)
+
+    def fake_eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return to_epsilon(self.fake_output(z_t, t), z_t, self.alphas_cumprod[t], self.prediction_type)
