@@ -133,7 +133,9 @@ class SRSystem(L.LightningModule):
             aux = objective.aux_loss(detached)
             opt.zero_grad(set_to_none=True)
             self.manual_backward(aux)
-            opt.step()
+            # the raw optimizer: Lightning's wrapper would count this step in trainer.global_step,
+            # which must stay the number of generator updates (max_steps, checkpoint intervals)
+            getattr(opt, "optimizer", opt).step()
             losses[f"{name}_aux"] = aux
 
         scheduler = self.lr_schedulers()
@@ -236,6 +238,12 @@ class SRSystem(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def setup(self, stage: str) -> None:
+        precision = str(getattr(self._trainer, "precision", "")) if self._trainer is not None else ""
+        helpers = [n for n, o in self.objectives.items()
+                   if type(o).configure_optimizer is not Objective.configure_optimizer]
+        if stage == "fit" and precision.startswith("16") and helpers:
+            raise ValueError(f"trainer.precision={precision} needs a gradient scaler, which the auxiliary "
+                             f"optimizers of {helpers} do not use: train with bf16-mixed or 32-true")
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         scale = getattr(dm, "scale", None)
         if scale is not None and scale != self.generator.scale:

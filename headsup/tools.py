@@ -3,6 +3,7 @@
     headsup-tools samples OUT          real photos shipped in installed packages -> train/test folders
     headsup-tools tiny-backbone IMAGES OUT
                                        pretrain the tiny SD stand-in, save it as a diffusers folder
+    headsup-tools tiny-weights OUT     random stand-ins of LPIPS/facenet/discriminator weight files (tests, tiny runs)
     headsup-tools prepare faces ROOT   MTCNN boxes/landmarks of every image -> ROOT/faces.jsonl (resumable)
     headsup-tools prepare references MANIFEST --weights facenet.pt | --from-folders
                                        identities and same-person reference pairs -> references.jsonl
@@ -27,6 +28,9 @@ TRAIN = [
 ]  # fmt: skip
 
 
+# portraits for tiny face-aware runs, one folder per person (the test portraits: a code-path check only)
+PORTRAITS = ["astronaut", "grace_hopper"]
+
 # small real inputs for `predict` (the photo downscaled x4): a portrait, a grayscale and an RGBA image
 PREDICT = ["astronaut", "grace_hopper", "camera", "logo"]
 
@@ -49,7 +53,8 @@ def _load_sample(name: str) -> np.ndarray:
 
 def write_samples(out: str | Path, overwrite: bool = False) -> dict[str, list[Path]]:
     """Write the package-shipped photos as PNGs into OUT/train, OUT/test/portrait, OUT/test/general,
-    and small (x4 downscaled) inputs for `predict` into OUT/predict.
+    small (x4 downscaled) inputs for `predict` into OUT/predict, and two half-size photos per
+    person into OUT/portrait/<person>/ (for tiny face-aware runs; they are the test portraits).
 
     Existing files are kept unless `overwrite`. Grayscale photos stay grayscale.
     """
@@ -66,6 +71,18 @@ def write_samples(out: str | Path, overwrite: bool = False) -> dict[str, list[Pa
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.ascontiguousarray(_load_sample(name))).save(path)
+    for name in PORTRAITS:
+        # two "photos" per person at half size: the portrait and a mirrored, tighter framing
+        img = Image.fromarray(np.ascontiguousarray(_load_sample(name)))
+        img = img.resize((img.width // 2, img.height // 2), Image.Resampling.LANCZOS)
+        w, h = img.size
+        mirrored = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).crop((w // 16, h // 16, w - w // 16, h - h // 16))
+        for suffix, photo in (("", img), ("_mirrored", mirrored)):
+            path = out / "portrait" / name / f"{name}{suffix}.png"
+            written.setdefault("portrait", []).append(path)
+            if not path.exists() or overwrite:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                photo.save(path)
     for name in PREDICT:
         path = out / "predict" / f"{name}.png"
         written.setdefault("predict", []).append(path)
@@ -96,6 +113,14 @@ def _cmd_tiny_backbone(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     pretrain_tiny_backbone(args.images, out, vae_steps=args.vae_steps, unet_steps=args.unet_steps, seed=args.seed)
     print(f"tiny backbone written to {out}")
+    return 0
+
+
+def _cmd_tiny_weights(args: argparse.Namespace) -> int:
+    from headsup.testing.tiny import write_tiny_weights
+
+    for name, path in write_tiny_weights(args.out).items():
+        print(f"{name}: {path}")
     return 0
 
 
@@ -211,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_tiny_backbone)
+    p = sub.add_parser("tiny-weights", help="random stand-in weight files for tiny runs (not real weights)")
+    p.add_argument("out", help="output folder")
+    p.set_defaults(func=_cmd_tiny_weights)
     _add_prepare(sub)
     return parser
 

@@ -21,7 +21,8 @@ def _inputs(n: int = 2):
     boxes = torch.tensor([[[61.0, 22.0, 148.0, 132.0]]]).repeat(n, 1, 1)
     mask = soft_face_mask(boxes, torch.ones(n, 1, dtype=torch.bool), 256, 256)
     lq = torch.nn.functional.interpolate(hq, scale_factor=0.25, mode="area")
-    return dict(lq=lq, reference=reference, landmarks=landmarks, face_mask=mask, has_reference=torch.ones(n, dtype=torch.bool))
+    return dict(lq=lq, reference=reference, landmarks=landmarks, face_mask=mask,
+                has_reference=torch.ones(n, dtype=torch.bool))
 
 
 def _pair():

@@ -129,3 +129,32 @@ def pretrain_tiny_backbone(
     unet.save_pretrained(out / "unet")
     DDPMScheduler(**SD_SCHEDULER).save_pretrained(out / "scheduler")
     return out
+
+
+def write_tiny_weights(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
+    """Randomly initialised stand-ins for the weight files real runs load, for tests and tiny runs
+    on a machine without them: LPIPS (VGG16 features + linear layers), facenet InceptionResnetV1,
+    and timm's `test_resnet` discriminator backbone. They exercise the loading and training code;
+    losses computed with them mean nothing perceptually."""
+    import timm
+    from facenet_pytorch import InceptionResnetV1
+    from torchvision.models import vgg16
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {name: out / file for name, file in (
+        ("vgg", "vgg16_features_random.pth"), ("lpips", "lpips_lins_random.pth"),
+        ("facenet", "facenet_random.pt"), ("test_resnet", "test_resnet_random.pth"))}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if not paths["vgg"].exists():
+            torch.save(vgg16(weights=None).features.state_dict(prefix="features."), paths["vgg"])
+        if not paths["lpips"].exists():
+            widths = (64, 128, 256, 512, 512)
+            lins = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) / c for i, c in enumerate(widths)}
+            torch.save(lins, paths["lpips"])
+        if not paths["facenet"].exists():
+            torch.save(InceptionResnetV1(pretrained=None).state_dict(), paths["facenet"])
+        if not paths["test_resnet"].exists():
+            torch.save(timm.create_model("test_resnet").state_dict(), paths["test_resnet"])
+    return paths

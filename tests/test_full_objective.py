@@ -1,0 +1,115 @@
+"""The full HeadsUp objective through the CLI on tiny models: logged terms, who trains, checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from headsup.cli import build_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "experiments" / "tiny_headsup.yaml"
+TERMS = {"mse", "lpips", "vsd", "vsd_aux", "face_mse", "face_lpips", "identity", "face_gan", "face_gan_aux"}
+
+
+@pytest.fixture(scope="module")
+def portrait_set(samples_dir) -> Path:
+    """The tiny portrait set, built from the samples by the `prepare` steps."""
+    from headsup.tools import main
+
+    root = samples_dir / "portrait"
+    assert main(["prepare", "faces", str(root), "--workers", "0"]) == 0
+    assert main(["prepare", "references", str(root / "faces.jsonl"), "--from-folders", "--overwrite"]) == 0
+    assert main(["prepare", "portrait-set", str(root / "faces.jsonl"), "--references", str(root / "references.jsonl"),
+                 "--out", str(samples_dir / "portrait_set"), "--min-long-side", "200", "--min-short-side", "200",
+                 "--min-eye-distance", "10", "--test-fraction", "0", "--overwrite"]) == 0
+    return samples_dir / "portrait_set" / "train.jsonl"
+
+
+def tiny_config(tmp_path: Path, samples: Path, backbone: Path, weights: dict, portraits: Path, **trainer) -> Path:
+    cfg = yaml.safe_load(TINY.read_text())
+    run = tmp_path / "run"
+    cfg["trainer"].update(default_root_dir=str(run), **trainer)
+    cfg["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path), name="run")
+    cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(run / "checkpoints")
+    model = cfg["model"]
+    model["generator"]["init_args"]["backbone"] = {"class_path": "headsup.models.backbone.DiffusersFolder",
+                                                   "init_args": {"path": str(backbone)}}
+    obj = model["objectives"]
+    obj["vsd"]["init_args"]["scores"]["init_args"]["backbone"] = model["generator"]["init_args"]["backbone"]
+    for name in ("lpips", "face_lpips"):
+        obj[name]["init_args"].update(vgg_weights=str(weights["vgg"]), lpips_weights=str(weights["lpips"]))
+    obj["identity"]["init_args"]["identity"]["init_args"]["weights"] = str(weights["facenet"])
+    obj["face_gan"]["init_args"]["discriminator"]["init_args"]["weights"] = str(weights["test_resnet"])
+    data = cfg["data"]
+    data["train"][0]["manifest"] = str(portraits)
+    data["train"][1]["hq"] = str(samples / "train")
+    data["val_sets"][0]["hq"] = str(samples / "test" / "portrait")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    from headsup.testing.tiny import write_tiny_weights
+
+    return write_tiny_weights(tmp_path_factory.mktemp("tiny_weights"))
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _changed(before: dict, after: dict, keep) -> set[str]:
+    return {k for k in before if keep(k) and before[k].is_floating_point() and not torch.equal(before[k], after[k])}
+
+
+def test_full_objective_trains_every_part_with_its_own_loss(tmp_path, samples_dir, tiny_sd_dir, tiny_weights,
+                                                           portrait_set):
+    config = tiny_config(tmp_path, samples_dir, tiny_sd_dir, tiny_weights, portrait_set, max_steps=3,
+                         val_check_interval=1000)
+    cli = build_cli(["--config", str(config), "--data.val_sets", "[]"], run=False)
+    model = cli.model
+    before = _snapshot(model)
+    cli.trainer.fit(model, datamodule=cli.datamodule)
+    after = _snapshot(model)
+
+    logged = {k.removeprefix("train/") for k in cli.trainer.logged_metrics if k.startswith("train/")}
+    assert logged == TERMS | {"loss", "lr", "generator_updates"}
+    assert cli.trainer.global_step == 3 and int(model.generator_updates) == 3  # generator updates, not all steps
+
+    changed = _changed(before, after, lambda k: True)
+    trainable = model._checkpoint_keys - {"generator_updates"}
+    assert changed <= trainable  # nothing frozen moved: teacher, VAE decoder, identity, LPIPS, D backbone
+    groups = {
+        "generator LoRA / conv_in": lambda k: k.startswith("generator."),
+        "fake score LoRA": lambda k: k.startswith("objectives.vsd.") and "fake_score" in k,
+        "face discriminator heads": lambda k: k.startswith("objectives.face_gan.discriminator.heads."),
+    }
+    for name, keep in groups.items():
+        assert _changed(before, after, keep), f"{name} did not train"
+    frozen = [k for k in before if k.startswith(("objectives.identity.", "objectives.lpips.",
+                                                  "objectives.face_gan.discriminator.backbone.",
+                                                  "generator.vae.decoder."))]
+    assert frozen and not any(k in trainable for k in frozen)
+    teacher = [k for k in before if k.startswith("objectives.vsd.scores.unet.") and "fake_score" not in k]
+    assert teacher and not (set(teacher) & changed)
+
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = set(ckpt["state_dict"])
+    assert saved == model._checkpoint_keys
+    assert not any(k in saved for k in frozen + teacher)
+
+    # reloading the checkpoint into a freshly built model reproduces its outputs
+    fresh = build_cli(["--config", str(config), "--data.val_sets", "[]"], run=False).model
+    fresh.on_load_checkpoint(ckpt)
+    fresh.load_state_dict(ckpt["state_dict"], strict=False)
+    lq = torch.rand(1, 3, 16, 16)
+    model.eval()
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(model.generator(lq), fresh.generator(lq))
