@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import make_config
+from tests.conftest import ROOT, make_config
 
 pytestmark = pytest.mark.slow
 
@@ -23,3 +23,31 @@ def test_two_process_cpu_ddp_fit(tmp_path, samples_dir, tiny_sd_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert int(ckpt["state_dict"]["generator_updates"]) == 4
+
+
+def test_two_process_ddp_full_objective(tmp_path, samples_dir, tiny_sd_dir):
+    """Every term and both helper optimizers under 2-process DDP, with different degradations per rank."""
+    import yaml
+
+    from headsup.testing.tiny import write_tiny_weights
+    from tests.test_full_objective import build_portrait_set_for, tiny_config
+
+    weights = write_tiny_weights(tmp_path / "weights")
+    config = tiny_config(tmp_path, samples_dir, tiny_sd_dir, weights, build_portrait_set_for(samples_dir),
+                         max_steps=3, val_check_interval=1000)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["trainer"]["callbacks"].append({"class_path": "tests.ddp_probe.RecordLQ",
+                                        "init_args": {"out": str(tmp_path / "probe")}})
+    cfg["data"]["degradation"] = {"class_path": "headsup.degradations.FaceDegradation", "init_args": {"scale": 4}}
+    cfg["data"]["val_sets"] = []
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cmd = [sys.executable, "-m", "headsup.cli", "fit", "--config", str(config),
+           "--trainer.strategy", "ddp_find_unused_parameters_true", "--trainer.devices", "2",
+           "--trainer.accelerator", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert int(ckpt["state_dict"]["generator_updates"]) == 3
+    ranks = [(tmp_path / "probe" / f"lq_rank{r}.txt").read_text().split() for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 3 and ranks[0] != ranks[1]

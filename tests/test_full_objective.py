@@ -17,6 +17,10 @@ TERMS = {"mse", "lpips", "vsd", "vsd_aux", "face_mse", "face_lpips", "identity",
 
 @pytest.fixture(scope="module")
 def portrait_set(samples_dir) -> Path:
+    return build_portrait_set_for(samples_dir)
+
+
+def build_portrait_set_for(samples_dir: Path) -> Path:
     """The tiny portrait set, built from the samples by the `prepare` steps."""
     from headsup.tools import main
 
