@@ -202,7 +202,8 @@ def main() -> None:
         "detect_size": args.detect_size,
         "batch_size": args.batch_size,
         "workers": args.workers,
-        "reference": "facenet-pytorch MTCNN(keep_all=True).detect(PIL image, landmarks=True), full resolution, one at a time",
+        "reference": "facenet-pytorch MTCNN(keep_all=True).detect(PIL image, landmarks=True), "
+                     "full resolution, one at a time",
         "torch": torch.__version__,
     }
     print(json.dumps(result))

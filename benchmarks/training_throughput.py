@@ -59,7 +59,6 @@ def _config(work: Path, inputs: dict, variant: str, args) -> Path:
     model = cfg["model"]
     model["generator"]["init_args"]["backbone"] = backbone
     obj = model["objectives"]
-    obj["vsd"]["init_args"]["scores"]["init_args"]["backbone"] = backbone
     w = inputs["weights"]
     for name in ("lpips", "face_lpips"):
         obj[name]["init_args"].update(vgg_weights=str(w["vgg"]), lpips_weights=str(w["lpips"]))

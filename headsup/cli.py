@@ -56,10 +56,25 @@ def main(args: ArgsType = None) -> int:
     """Entry point of the `headsup` command; returns the exit status."""
     try:
         build_cli(args)
-    except (FileNotFoundError, ImageReadError) as err:
-        print(f"headsup: error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - only a missing/unreadable file is reported, the rest re-raised
+        cause = _input_error(err)
+        if cause is None:
+            raise
+        print(f"headsup: error: {cause}", file=sys.stderr)
         return 2
     return 0
+
+
+def _input_error(err: BaseException) -> BaseException | None:
+    """The missing-file or unreadable-image error behind `err` (jsonargparse wraps errors raised
+    while building components in its own), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (FileNotFoundError, ImageReadError)):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

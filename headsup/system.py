@@ -74,6 +74,8 @@ class SRSystem(L.LightningModule):
         self.objectives = nn.ModuleDict(objectives if objectives is not None else {"mse": PixelMSE()})
         if not self.objectives:
             raise ValueError("model.objectives is empty: give at least one loss term")
+        for objective in self.objectives.values():
+            objective.bind(generator)
         self.optimizer_fn = optimizer
         self.lr_scheduler_fn = lr_scheduler
         self.grad_clip = grad_clip

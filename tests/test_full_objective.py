@@ -43,7 +43,6 @@ def tiny_config(tmp_path: Path, samples: Path, backbone: Path, weights: dict, po
     model["generator"]["init_args"]["backbone"] = {"class_path": "headsup.models.backbone.DiffusersFolder",
                                                    "init_args": {"path": str(backbone)}}
     obj = model["objectives"]
-    obj["vsd"]["init_args"]["scores"]["init_args"]["backbone"] = model["generator"]["init_args"]["backbone"]
     for name in ("lpips", "face_lpips"):
         obj[name]["init_args"].update(vgg_weights=str(weights["vgg"]), lpips_weights=str(weights["lpips"]))
     obj["identity"]["init_args"]["identity"]["init_args"]["weights"] = str(weights["facenet"])

@@ -74,6 +74,7 @@ class OneStepSR(nn.Module):
     ) -> None:
         super().__init__()
         parts = backbone.build()
+        self.backbone_source = backbone  # teacher networks of objectives are built from it too
         self.scale = scale
         self.timestep = timestep
         self.prediction_type = parts.prediction_type

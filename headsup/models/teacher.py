@@ -39,7 +39,8 @@ class TeacherWithFakeScore(nn.Module):
     """One frozen UNet serving as the CFG teacher (adapters off) and the fake score (LoRA on).
 
     Args:
-        backbone: Source of the pretrained UNet and noise schedule (the generator's).
+        backbone: Source of the pretrained UNet and noise schedule; None: the generator's, given
+            when the objective is bound to it (`build`), so one path configures both.
         fake_lora: LoRA of the fake score (rank, alpha, targets).
         guidance_scale: Classifier-free guidance scale of the teacher.
         prompt: Positive prompt (of the teacher's conditional branch and of the fake score).
@@ -48,28 +49,41 @@ class TeacherWithFakeScore(nn.Module):
 
     def __init__(
         self,
-        backbone: BackboneSource,
+        backbone: BackboneSource | None = None,
         fake_lora: LoRASpec | None = None,
         guidance_scale: float = 7.5,
         prompt: str = "",
         negative_prompt: str = "",
     ) -> None:
         super().__init__()
+        self.fake_lora = fake_lora or LoRASpec(rank=4, alpha=4.0, targets=list(UNET_TARGETS))
+        self.guidance_scale = guidance_scale
+        self.prompts = (prompt, negative_prompt)
+        self.unet = None
+        if backbone is not None:
+            self.build(backbone)
+
+    @property
+    def built(self) -> bool:
+        return self.unet is not None
+
+    def build(self, backbone: BackboneSource) -> None:
+        """Load the UNet, schedule and prompt embeddings from `backbone` and add the fake-score LoRA."""
         parts = backbone.build(include_vae=False)
         self.unet = parts.unet.requires_grad_(False)
         self.prediction_type = parts.prediction_type
-        self.guidance_scale = guidance_scale
         self.register_buffer("alphas_cumprod", parts.alphas_cumprod.clone(), persistent=False)
-        embeds = backbone.embed_prompts([prompt, negative_prompt])
+        embeds = backbone.embed_prompts(list(self.prompts))
         self.register_buffer("prompt_embeds", embeds[:1].clone(), persistent=False)
         self.register_buffer("negative_embeds", embeds[1:].clone(), persistent=False)
-        add_lora(self.unet, fake_lora or LoRASpec(rank=4, alpha=4.0, targets=list(UNET_TARGETS)), ADAPTER)
+        add_lora(self.unet, self.fake_lora, ADAPTER)
         self.unet.set_adapter(ADAPTER)
-        self.train()
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> TeacherWithFakeScore:
         super().train(mode)
-        self.unet.eval()  # no dropout in either score
+        if self.unet is not None:
+            self.unet.eval()  # no dropout in either score
         return self
 
     def fake_parameters(self) -> list[nn.Parameter]:

@@ -63,6 +63,10 @@ class Objective(nn.Module):
             self._rng = torch.Generator(device=device).manual_seed(self._seed)
         return self._rng
 
+    def bind(self, generator: nn.Module) -> None:
+        """Called once by SRSystem with the generator, before anything is trained (objectives
+        that build from the generator's backbone source do it here)."""
+
     def active(self, step: int) -> bool:
         return self.weight != 0 and step >= self.start_step
 

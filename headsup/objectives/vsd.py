@@ -25,7 +25,8 @@ class VSDLoss(Objective):
     """VSD generator loss plus the fake score's diffusion loss (own optimizer).
 
     Args:
-        scores: The frozen teacher and the LoRA fake score (one shared UNet).
+        scores: The frozen teacher and the LoRA fake score (one shared UNet; built from the
+            generator's backbone unless given its own).
         weight: Multiplier of the generator term (OSEDiff: 1.0).
         start_step: Generator update from which the term (and fake-score training) is active.
         t_min: Smallest timestep of the generator term.
@@ -43,11 +44,21 @@ class VSDLoss(Objective):
         lr: float = 5e-5,
     ) -> None:
         super().__init__(weight, start_step)
-        if not 0 <= t_min < t_max <= len(scores.alphas_cumprod):
-            raise ValueError(f"need 0 <= t_min < t_max <= {len(scores.alphas_cumprod)}, got {t_min}, {t_max}")
         self.scores = scores
         self.t_min, self.t_max = t_min, t_max
         self.lr = lr
+        if scores.built:
+            self._check_range()
+
+    def _check_range(self) -> None:
+        steps = len(self.scores.alphas_cumprod)
+        if not 0 <= self.t_min < self.t_max <= steps:
+            raise ValueError(f"VSD needs 0 <= t_min < t_max <= {steps}, got {self.t_min}, {self.t_max}")
+
+    def bind(self, generator) -> None:
+        if not self.scores.built:
+            self.scores.build(generator.backbone_source)
+            self._check_range()
 
     def _noisy(self, z0: torch.Tensor, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         gen = self.rng(z0.device)
