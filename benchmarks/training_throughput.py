@@ -63,6 +63,7 @@ def _config(work: Path, inputs: dict, variant: str, args) -> Path:
     for name in ("lpips", "face_lpips"):
         obj[name]["init_args"].update(vgg_weights=str(w["vgg"]), lpips_weights=str(w["lpips"]))
     obj["identity"]["init_args"]["identity"]["init_args"]["weights"] = str(w["facenet"])
+    obj.pop("gan")  # the paper's terms only
     obj["face_gan"]["init_args"]["discriminator"]["init_args"]["weights"] = str(w["test_resnet"])
     if variant == "baseline":
         model["objectives"] = {k: obj[k] for k in ("mse", "lpips")}

@@ -12,7 +12,8 @@ from headsup.cli import build_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "experiments" / "tiny_headsup.yaml"
-TERMS = {"mse", "lpips", "vsd", "vsd_aux", "face_mse", "face_lpips", "identity", "face_gan", "face_gan_aux"}
+TERMS = {"mse", "lpips", "vsd", "vsd_aux", "face_mse", "face_lpips", "identity", "face_gan", "face_gan_aux", "gan",
+         "gan_aux"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,8 @@ def tiny_config(tmp_path: Path, samples: Path, backbone: Path, weights: dict, po
     for name in ("lpips", "face_lpips"):
         obj[name]["init_args"].update(vgg_weights=str(weights["vgg"]), lpips_weights=str(weights["lpips"]))
     obj["identity"]["init_args"]["identity"]["init_args"]["weights"] = str(weights["facenet"])
-    obj["face_gan"]["init_args"]["discriminator"]["init_args"]["weights"] = str(weights["test_resnet"])
+    for name in ("face_gan", "gan"):
+        obj[name]["init_args"]["discriminator"]["init_args"]["weights"] = str(weights["test_resnet"])
     data = cfg["data"]
     data["train"][0]["manifest"] = str(portraits)
     data["train"][1]["hq"] = str(samples / "train")
@@ -92,11 +94,13 @@ def test_full_objective_trains_every_part_with_its_own_loss(tmp_path, samples_di
         "generator LoRA / conv_in": lambda k: k.startswith("generator."),
         "fake score LoRA": lambda k: k.startswith("objectives.vsd.") and "fake_score" in k,
         "face discriminator heads": lambda k: k.startswith("objectives.face_gan.discriminator.heads."),
+        "image discriminator heads": lambda k: k.startswith("objectives.gan.discriminator.heads."),
     }
     for name, keep in groups.items():
         assert _changed(before, after, keep), f"{name} did not train"
     frozen = [k for k in before if k.startswith(("objectives.identity.", "objectives.lpips.",
                                                   "objectives.face_gan.discriminator.backbone.",
+                                                  "objectives.gan.discriminator.backbone.",
                                                   "generator.vae.decoder."))]
     assert frozen and not any(k in trainable for k in frozen)
     teacher = [k for k in before if k.startswith("objectives.vsd.scores.unet.") and "fake_score" not in k]
@@ -116,3 +120,19 @@ def test_full_objective_trains_every_part_with_its_own_loss(tmp_path, samples_di
     fresh.eval()
     with torch.no_grad():
         assert torch.equal(model.generator(lq), fresh.generator(lq))
+
+
+def test_fp16_mixed_is_refused_with_helper_optimizers():
+    from types import SimpleNamespace
+
+    from headsup.models.generator import OneStepSR
+    from headsup.models.teacher import TeacherWithFakeScore
+    from headsup.objectives.vsd import VSDLoss
+    from headsup.system import SRSystem
+    from headsup.testing.tiny import TinySD
+
+    system = SRSystem(OneStepSR(TinySD()), {"vsd": VSDLoss(TeacherWithFakeScore())})
+    assert system.objectives["vsd"].scores.built  # built from the generator's backbone
+    system._trainer = SimpleNamespace(precision="16-mixed", datamodule=None)
+    with pytest.raises(ValueError, match="bf16-mixed"):
+        system.setup("fit")
