@@ -57,6 +57,51 @@ def test_test_reproduces_metrics_and_writes_results(trained):
     assert cli.model.test_results["portrait"]["headsup"] != sets["portrait"]["headsup"]
 
 
+def test_sweep_resumes_skips_missing_sets_and_keeps_other_results(trained, tmp_path, capsys):
+    tmp, config, _ = trained
+    run = tmp_path / "sweep"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["trainer"]["default_root_dir"] = str(run)
+    cfg["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path), name="sweep")
+    portrait, general = cfg["data"]["test_sets"]
+    cfg["data"]["test_sets"] = [portrait, {"name": "gone", "hq": str(tmp_path / "no_such_set")}]
+    first = tmp_path / "first.yaml"
+    first.write_text(yaml.safe_dump(cfg))
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    args = ["--ckpt_path", ckpt, "--results.save_images", "false"]
+    assert main(["test", "--config", str(first)] + args) == 0
+    out = json.loads((run / "results.json").read_text())
+    assert set(out["sets"]) == {"portrait"} and "no_such_set" in out["skipped"]["gone"]
+    assert out["settings"]["test_crop"]["portrait"].startswith("centre crop 64")
+    csv_lines = (run / "results.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("set,method,images,psnr_y,ssim_y") and len(csv_lines) == 3
+    assert "skipped gone" in (run / "results.md").read_text()
+
+    cfg["data"]["test_sets"] = [portrait, general]  # a longer sweep, same checkpoint: only the new set runs
+    second = tmp_path / "second.yaml"
+    second.write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert main(["test", "--config", str(second)] + args) == 0
+    assert "not evaluated again" in capsys.readouterr().out
+    merged = json.loads((run / "results.json").read_text())
+    assert set(merged["sets"]) == {"portrait", "general"} and merged["sets"]["portrait"] == out["sets"]["portrait"]
+    assert "gone" in merged["skipped"]
+    assert main(["test", "--config", str(second), "--results.overwrite", "true"] + args) == 0  # recomputed, same
+    assert json.loads((run / "results.json").read_text())["sets"] == merged["sets"]
+
+    other = tmp_path / "other.ckpt"  # another checkpoint: the earlier results are kept aside, not replaced
+    other.write_bytes(open(ckpt, "rb").read())
+    assert main(["test", "--config", str(second), "--ckpt_path", str(other), "--results.save_images", "false"]) == 0
+    kept = [p for p in run.glob("results.*.json")]
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["sets"] == merged["sets"]
+
+    cfg["data"]["test_sets"] = [{"name": "gone", "hq": str(tmp_path / "no_such_set")}]
+    only_missing = tmp_path / "missing.yaml"
+    only_missing.write_text(yaml.safe_dump(cfg))
+    assert main(["test", "--config", str(only_missing), "--results.overwrite", "true"] + args) == 2
+    assert "no test set could be loaded" in capsys.readouterr().err
+
+
 def test_resume_from_last_and_rerun_same_folder(trained):
     tmp, config, _ = trained
     assert main(["fit", "--config", str(config), "--data.crop_size", "16", "--trainer.max_steps", "8",

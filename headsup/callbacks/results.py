@@ -1,9 +1,19 @@
-"""Writes test results (JSON + Markdown table) and the SR images of `headsup test` into the run folder."""
+"""Writes `headsup test` results into the run folder: results.json, results.csv, results.md, SR images.
+
+A sweep is resumable: sets already in `results.json` from the same method and checkpoint are
+not evaluated again (unless `overwrite`), and new sets are merged in. Results of another
+checkpoint are never lost: the old file is kept as `results.<date>.json` before a new one is
+written. Every file records the evaluation settings that make its numbers comparable.
+"""
 
 from __future__ import annotations
 
+import csv
 import datetime
+import io
 import json
+import os
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import lightning as L
@@ -11,40 +21,134 @@ from lightning.pytorch.callbacks import Callback
 
 from headsup.data.io import atomic_write, save_image
 
-_ARROWS = {"psnr_y": "PSNR-Y (dB) ↑", "ssim_y": "SSIM-Y ↑"}
+# column title and direction of each metric
+METRICS = {
+    "psnr_y": "PSNR-Y (dB) ↑",
+    "ssim_y": "SSIM-Y ↑",
+    "psnr_rgb": "PSNR-RGB (dB) ↑",
+    "ssim_rgb": "SSIM-RGB ↑",
+    "lpips": "LPIPS ↓",
+    "dists": "DISTS ↓",
+    "fid": "FID ↓",
+    "niqe": "NIQE ↓",
+    "musiq": "MUSIQ ↑",
+    "maniqa": "MANIQA ↑",
+    "clipiqa": "CLIPIQA ↑",
+    "deg": "Deg (ID cos) ↑",
+    "deg_ref": "Deg vs reference ↑",
+    "lmd": "LMD (px) ↓",
+    "seam": "Seam ↓",
+}
 
 
-def results_table(results: dict) -> str:
-    """Markdown table: one row per set and method, one column per metric."""
-    metrics = sorted({m for r in results.values() for k, v in r.items() if not k.startswith("_") for m in v})
-    header = ["set", "method", "images"] + [_ARROWS.get(m, m) for m in metrics]
+def _fmt(metric: str, value) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if metric.startswith(("ssim", "lpips", "dists", "maniqa", "clipiqa", "deg", "seam")) \
+        else f"{value:.2f}"
+
+
+def _rows(sets: dict) -> tuple[list[str], list[tuple[str, str, int, dict]]]:
+    metrics = sorted({m for r in sets.values() for k, v in r.items() if isinstance(v, dict) for m in v},
+                     key=lambda m: (list(METRICS).index(m) if m in METRICS else len(METRICS), m))
+    rows = [(name, method, r.get("images"), values) for name, r in sets.items()
+            for method, values in r.items() if isinstance(values, dict)]
+    return metrics, rows
+
+
+def results_table(sets: dict) -> str:
+    """Markdown table: one row per set and method, one column per metric (with its direction)."""
+    metrics, rows = _rows(sets)
+    header = ["set", "method", "images"] + [METRICS.get(m, m) for m in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, per_method in results.items():
-        for method, values in per_method.items():
-            if method.startswith("_"):
-                continue
-            cells = [name, method, str(per_method.get("_images", ""))]
-            cells += [f"{values[m]:.4f}" if m.startswith("ssim") else f"{values[m]:.2f}" for m in metrics]
-            lines.append("| " + " | ".join(cells) + " |")
+    for name, method, images, values in rows:
+        lines.append("| " + " | ".join([name, method, str(images)] + [_fmt(m, values.get(m)) for m in metrics]) + " |")
     return "\n".join(lines)
 
 
+def results_csv(sets: dict) -> str:
+    metrics, rows = _rows(sets)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["set", "method", "images", *metrics])
+    for name, method, images, values in rows:
+        writer.writerow([name, method, images, *[values.get(m, "") for m in metrics]])
+    return out.getvalue()
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _checkpoint_id(path) -> dict | None:
+    if not path:
+        return None
+    p = Path(path)
+    stat = p.stat() if p.is_file() else None
+    return {"path": str(p.resolve()), "bytes": stat.st_size if stat else None,
+            "modified": int(stat.st_mtime) if stat else None}
+
+
 class ResultsWriter(Callback):
-    """After `test`: `results.json`, `results.md` and SR images under the run folder.
+    """After `test`: results files and SR images under the run folder.
 
     Args:
         save_images: Save each test set's SR images under `<run>/test_images/<set>/`.
         image_dir: Folder name of the SR images inside the run folder.
+        overwrite: Evaluate every set again even if the results already hold it.
     """
 
-    def __init__(self, save_images: bool = True, image_dir: str = "test_images") -> None:
+    def __init__(self, save_images: bool = True, image_dir: str = "test_images", overwrite: bool = False) -> None:
         self.save_images = save_images
         self.image_dir = image_dir
+        self.overwrite = overwrite
+        self._previous: dict = {}
+
+    @staticmethod
+    def _run(trainer) -> Path:
+        return Path(trainer.log_dir or trainer.default_root_dir)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._previous = {}
+        dm = getattr(trainer, "datamodule", None)
+        if stage == "test" and dm is not None:
+            # asked when the test loaders are built, after the checkpoint path is known
+            dm.completed_test_sets = lambda: self._completed(trainer, pl_module)
+
+    def _completed(self, trainer, pl_module) -> set[str]:
+        """Sets of the existing results.json from this method and checkpoint (to skip), or none;
+        results of another model are moved aside to results.<date>.json."""
+        self._previous = {}
+        path = self._run(trainer) / "results.json"
+        if not path.is_file():
+            return set()
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        same = old.get("method") == pl_module.method and old.get("checkpoint") == _checkpoint_id(trainer.ckpt_path)
+        if not same:
+            if trainer.is_global_zero:
+                stamp = old.get("date", "old").replace(":", "").replace("+", "_")
+                os.replace(path, path.with_name(f"results.{stamp}.json"))
+            return set()
+        if self.overwrite:
+            return set()
+        self._previous = old
+        done = set(old.get("sets", {}))
+        wanted = [s.name for s in trainer.datamodule.test_specs if s.name in done]
+        if wanted:
+            print(f"results.json already has {wanted} from this checkpoint: not evaluated again "
+                  "(--results.overwrite true to recompute)")
+        return done
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if not self.save_images or not outputs:
             return
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / self.image_dir / outputs["set"]
+        folder = self._run(trainer) / self.image_dir / outputs["set"]
         for image, name in zip(outputs["sr"], outputs["names"]):
             save_image(folder / f"{name}.png", image)
 
@@ -52,29 +156,43 @@ class ResultsWriter(Callback):
         if not trainer.is_global_zero:
             return
         results = getattr(pl_module, "test_results", {})
-        run = Path(trainer.log_dir or trainer.default_root_dir)
+        run = self._run(trainer)
         run.mkdir(parents=True, exist_ok=True)
         scale = pl_module.generator.scale
         dm = getattr(trainer, "datamodule", None)
+        specs = {s.name: s for s in getattr(dm, "test_specs", [])}
+        sets = dict(self._previous.get("sets", {}))
+        for name, r in results.items():
+            sets[name] = {"images": r.get("_images"), **{k: v for k, v in r.items() if not k.startswith("_")}}
+        protocol = dict(self._previous.get("settings", {}).get("test_crop", {}))
+        protocol.update({name: (f"centre crop {specs[name].center_crop} px of HQ" if specs[name].center_crop
+                                else "whole image") + (", paired LQ" if specs[name].lq else ", synthetic LQ")
+                         for name in results if name in specs})
         payload = {
             "method": pl_module.method,
-            "checkpoint": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+            "checkpoint": _checkpoint_id(trainer.ckpt_path),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "settings": {
-                "psnr_ssim": "BasicSR conventions: 8-bit rounding, Y channel of ITU-R BT.601, "
-                "SSIM Gaussian 11x11 sigma 1.5 valid region",
+                "psnr_ssim": "BasicSR conventions: 8-bit rounding first, Y of ITU-R BT.601 (psnr_y/ssim_y) or "
+                "RGB (psnr_rgb/ssim_rgb), SSIM Gaussian 11x11 sigma 1.5 on the valid region, mean of per-image "
+                "scores",
                 "crop_border": scale,
                 "scale": scale,
-                "value_range": "[0, 1] -> 0-255",
+                "value_range": "[0, 1] floats, compared on 0-255",
+                "test_crop": protocol,
                 "degradation": repr(dm.degradation) if dm is not None else None,
+                "versions": {p: _version(p) for p in ("headsup", "torch", "torchmetrics", "pyiqa", "facenet-pytorch")},
+                **getattr(pl_module, "metric_settings", {}),
             },
-            "sets": {
-                name: {"images": r.get("_images"), **{k: v for k, v in r.items() if not k.startswith("_")}}
-                for name, r in results.items()
-            },
+            "sets": sets,
+            "skipped": {**self._previous.get("skipped", {}), **getattr(dm, "missing_test_sets", {})},
         }
+        for name in sets:
+            payload["skipped"].pop(name, None)
         text = json.dumps(payload, indent=2) + "\n"
         atomic_write(run / "results.json", lambda tmp: Path(tmp).write_text(text))
-        table = results_table(results)
-        atomic_write(run / "results.md", lambda tmp: Path(tmp).write_text(table + "\n"))
-        print(f"\nResults ({run / 'results.json'}):\n{table}\n")
+        atomic_write(run / "results.csv", lambda tmp: Path(tmp).write_text(results_csv(sets)))
+        table = results_table(sets)
+        notes = "".join(f"\nskipped {k}: {v}" for k, v in payload["skipped"].items())
+        atomic_write(run / "results.md", lambda tmp: Path(tmp).write_text(table + "\n" + notes + "\n"))
+        print(f"\nResults ({run / 'results.json'}):\n{table}{notes}\n")

@@ -11,6 +11,7 @@ training items can carry an aligned same-identity reference face.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -109,6 +110,9 @@ class SRDataModule(L.LightningDataModule):
         self.reference_size = reference_size
         self.samples_per_epoch = samples_per_epoch
         self._generator: torch.Generator | None = None
+        self.completed_test_sets = set  # callable -> sets a resumed sweep already has (set by ResultsWriter)
+        self.missing_test_sets: dict[str, str] = {}  # set name -> why it could not be loaded
+        self._active_test_specs: list[DatasetSpec] | None = None
         for specs in (self.val_specs, self.test_specs):
             names = [s.name for s in specs]
             if len(set(names)) != len(names):
@@ -116,7 +120,7 @@ class SRDataModule(L.LightningDataModule):
 
     @property
     def test_names(self) -> list[str]:
-        return [s.name for s in self.test_specs]
+        return [s.name for s in (self._active_test_specs if self._active_test_specs is not None else self.test_specs)]
 
     @property
     def val_names(self) -> list[str]:
@@ -155,9 +159,27 @@ class SRDataModule(L.LightningDataModule):
         return [self._eval_loader(s) for s in self.val_specs]
 
     def test_dataloader(self) -> list[DataLoader]:
+        """One loader per test set. Sets already in the results (a resumed sweep) are left out;
+        a set whose folder or manifest is missing is reported and skipped, the others still run."""
         if not self.test_specs:
             raise ValueError("no test sets: set data.test_sets to a list of DatasetSpec")
-        return [self._eval_loader(s) for s in self.test_specs]
+        loaders, active = [], []
+        self.missing_test_sets = {}
+        done = self.completed_test_sets()
+        for spec in self.test_specs:
+            if spec.name in done:
+                continue
+            try:
+                loaders.append(self._eval_loader(spec))
+            except FileNotFoundError as err:
+                warnings.warn(f"test set '{spec.name}' skipped: {err}", stacklevel=2)
+                self.missing_test_sets[spec.name] = str(err)
+                continue
+            active.append(spec)
+        if self.missing_test_sets and not active and not done:
+            raise FileNotFoundError("no test set could be loaded: " + "; ".join(self.missing_test_sets.values()))
+        self._active_test_specs = active
+        return loaders
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_input is None:
