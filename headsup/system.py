@@ -85,6 +85,7 @@ class SRSystem(L.LightningModule):
         self._checkpoint_keys = {n for n, p in self.named_parameters() if p.requires_grad} | {"generator_updates"}
         self._aux_names: list[str] = []
         self._metrics: dict[str, MetricCollection] = {}
+        self._lq_only: dict[str, int] = {}  # images of LQ-only evaluation sets, per stage/set
         self.test_results: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ optimisation
@@ -168,7 +169,10 @@ class SRSystem(L.LightningModule):
     # ------------------------------------------------------------------ evaluation
     def _metric(self, key: str, crop_border: int) -> MetricCollection:
         if key not in self._metrics:
-            collection = MetricCollection({"psnr_y": PSNR(crop_border), "ssim_y": SSIM(crop_border)})
+            collection = MetricCollection({
+                "psnr_y": PSNR(crop_border), "ssim_y": SSIM(crop_border),
+                "psnr_rgb": PSNR(crop_border, y_channel=False), "ssim_rgb": SSIM(crop_border, y_channel=False),
+            })
             self._metrics[key] = collection
         return self._metrics[key].to(self.device)
 
@@ -184,6 +188,9 @@ class SRSystem(L.LightningModule):
         name = self._set_name(stage, dataloader_idx)
         scale = self.generator.scale
         sr = self.generator(batch["lq"], **self._conditioning(batch)).float()
+        if "hq" not in batch:  # LQ-only set: SR images are kept, full-reference metrics do not apply
+            self._lq_only[f"{stage}/{name}"] = self._lq_only.get(f"{stage}/{name}", 0) + sr.shape[0]
+            return {"set": name, "sr": sr, "names": batch["name"]}
         hq = batch["hq"].float()
         self._metric(f"{stage}/{name}/{self.method}", scale).update(sr, hq)
         self._metric(f"{stage}/{name}/bicubic", scale).update(self._bicubic(batch["lq"].float()), hq)
@@ -206,11 +213,13 @@ class SRSystem(L.LightningModule):
                 self.logger.log_metrics(flat, step=int(self.generator_updates))
             collection.reset()
         self._metrics = {k: v for k, v in self._metrics.items() if not k.startswith(f"{stage}/")}
+        for key in [k for k in self._lq_only if k.startswith(f"{stage}/")]:
+            results.setdefault(key.split("/", 1)[1], {})["_images"] = self._lq_only.pop(key)
         return results
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         out = self._evaluate("val", batch, batch_idx, dataloader_idx)
-        if batch_idx < self.log_images and isinstance(self.logger, TensorBoardLogger):
+        if batch_idx < self.log_images and isinstance(self.logger, TensorBoardLogger) and "hq" in batch:
             lq_up = F.interpolate(batch["lq"].float(), scale_factor=self.generator.scale, mode="nearest")
             grid = make_grid(torch.cat([lq_up[:1], out["sr"][:1], batch["hq"][:1].float()]).clamp(0, 1), nrow=3)
             self.logger.experiment.add_image(

@@ -210,3 +210,23 @@ def test_corrupt_image_in_a_test_set_names_the_file(trained, tmp_path, capsys):
     ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
     assert main(["test", "--config", str(path), "--ckpt_path", ckpt, "--results.save_images", "false"]) == 2
     assert "truncated.png" in capsys.readouterr().err
+
+
+def test_lq_only_set_gets_sr_images_and_a_count(trained, tmp_path):
+    tmp, config, _ = trained
+    lq = tmp_path / "real_lq"
+    lq.mkdir()
+    Image.fromarray(astronaut()[::8, ::8].copy()).save(lq / "a.png")
+    Image.fromarray(camera()[::8, ::8].copy()).save(lq / "cam.png")
+    cfg = yaml.safe_load(config.read_text())
+    run = tmp_path / "lqrun"
+    cfg["trainer"]["default_root_dir"] = str(run)
+    cfg["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path), name="lqrun")
+    cfg["data"]["test_sets"] = [{"name": "real", "lq": str(lq), "kind": "portrait"}]
+    path = tmp_path / "lq.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["test", "--config", str(path), "--ckpt_path", str(tmp / "run" / "checkpoints" / "last.ckpt")]) == 0
+    out = json.loads((run / "results.json").read_text())
+    assert out["sets"] == {"real": {"images": 2}}
+    saved = Image.open(run / "test_images" / "real" / "a.png")
+    assert saved.size == (256, 256)  # x4 of the 64x64 LQ

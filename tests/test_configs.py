@@ -26,9 +26,20 @@ def test_configs_were_found():
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_config_parses(path, capsys):
+    import yaml
+
+    if isinstance(yaml.safe_load(path.read_text()), list):  # a test-set list (benchmarks/*.yaml)
+        assert parse(QUICKSTART, extra=["--data.test_sets", str(path)]) == 0, capsys.readouterr().err
+        return
     # fragments (trainer/, model/, data/, degradation/) are checked on top of the quickstart
     configs = [path] if "experiments" in path.parts else [QUICKSTART, path]
     assert parse(*configs) == 0, capsys.readouterr().err
+
+
+def test_misspelt_key_in_a_test_set_list_fails(tmp_path, capsys):
+    bad = tmp_path / "sets.yaml"
+    bad.write_text("- {name: x, hq: /data/x, centre_crop: 64}\n")
+    assert parse(QUICKSTART, extra=["--data.test_sets", str(bad)]) != 0
 
 
 def test_misspelt_key_fails(tmp_path, capsys):

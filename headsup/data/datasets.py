@@ -28,8 +28,12 @@ def load_records(spec: DatasetSpec) -> list[dict]:
     relative paths, the references' included, are resolved against the manifest's folder and
     records with an "error" (unreadable at annotation time) are left out.
     """
-    if (spec.hq is None) == (spec.manifest is None):
+    if spec.hq is not None and spec.manifest is not None:
         raise ValueError(f"dataset '{spec.name}': give exactly one of 'hq' or 'manifest'")
+    if spec.hq is None and spec.manifest is None:
+        if spec.lq is None:
+            raise ValueError(f"dataset '{spec.name}': give 'hq', 'manifest' or (for an LQ-only test set) 'lq'")
+        return [{"path": p} for p in _nonempty(list_images(spec.lq), spec)]
     if spec.hq is not None:
         records = [{"path": p} for p in list_images(spec.hq)]
         where = spec.hq
@@ -55,6 +59,12 @@ def load_records(spec: DatasetSpec) -> list[dict]:
     if not records:
         raise FileNotFoundError(f"dataset '{spec.name}': no images found in {where}")
     return records
+
+
+def _nonempty(files: list[Path], spec: DatasetSpec) -> list[Path]:
+    if not files:
+        raise FileNotFoundError(f"dataset '{spec.name}': no images found in {spec.lq}")
+    return files
 
 
 def _resolve(manifest: Path, path: str) -> Path:
@@ -253,7 +263,8 @@ class EvalDataset(Dataset):
     """Whole images (or centred crops) for validation/test.
 
     Paired sets return `lq` and `hq`, matched by file name stem; HQ-only sets return `hq`
-    and a `seed` for the DataModule's deterministic degradation. HQ is cropped to a
+    and a `seed` for the DataModule's deterministic degradation; LQ-only sets (real
+    photos without ground truth) return `lq` alone. HQ is cropped to a
     multiple of the scale (BasicSR's mod-crop). Annotated sets (portrait manifests, face
     sets) also return their faces in HQ pixels, like training items.
     """
@@ -266,7 +277,8 @@ class EvalDataset(Dataset):
         self.files = [r["path"] for r in self.records]
         self.annotated = spec.kind == "face" or any("faces" in r for r in self.records)
         self.lq_files = None
-        if spec.lq is not None:
+        self.lq_only = spec.hq is None and spec.manifest is None
+        if spec.lq is not None and not self.lq_only:
             lq = {p.stem: p for p in list_images(spec.lq)}
             hq = {p.stem: p for p in self.files}
             missing_lq = sorted(set(hq) - set(lq))
@@ -284,6 +296,9 @@ class EvalDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         path = self.files[index]
         item = {"name": path.stem, "index": index}
+        if self.lq_only:  # real-world LQ without ground truth: no-reference metrics only
+            item["lq"] = read_image(path).rgb
+            return item
         full = read_image(path).rgb
         if self.lq_files is not None:
             lq = read_image(self.lq_files[index]).rgb

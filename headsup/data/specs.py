@@ -18,7 +18,8 @@ class DatasetSpec:
     Args:
         name: Set name used in logs and result tables.
         hq: Folder of HQ images (searched recursively).
-        lq: Folder of LQ images paired with `hq` by file name.
+        lq: Folder of LQ images paired with `hq` by file name; alone, an LQ-only test set (real
+            photos without ground truth, scored by no-reference metrics).
         manifest: Text file with one image path per line (relative to the file), or JSON
             Lines with a "path" field.
         kind: What the set holds: portrait (faces and references from a `headsup-tools prepare`
