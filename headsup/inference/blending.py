@@ -1,0 +1,142 @@
+"""The blending baseline HeadsUp replaces: general SR of the whole photo + a face model on aligned
+face crops, pasted back (the GFPGAN / CodeFormer pipeline).
+
+For each face (5 landmarks): the LQ face is aligned on the FFHQ 5-point template (a similarity
+warp), restored by the face model, warped back with the inverse similarity and pasted over the
+background SR through a feathered mask (the aligned square, eroded and blurred, warped the same
+way). Either role can be any SR model mapping (B, 3, h, w) to (B, 3, s*h, s*w): a headsup
+checkpoint (`CheckpointModel`), bicubic upsampling, or the identity (scale 1).
+"""
+
+from __future__ import annotations
+
+import kornia
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from headsup.data.faces import align_faces
+from headsup.models.generator import warp_reference
+
+
+class Bicubic(nn.Module):
+    """Bicubic upsampling by `scale` (scale 1: the identity)."""
+
+    def __init__(self, scale: int = 4) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, lq: torch.Tensor) -> torch.Tensor:
+        if self.scale == 1:
+            return lq
+        return F.interpolate(lq, scale_factor=self.scale, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+class CheckpointModel(nn.Module):
+    """The generator of a headsup checkpoint (its frozen parts come from the paths in its config).
+
+    Args:
+        path: `.ckpt` file written by `headsup fit`.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        from pathlib import Path
+
+        from headsup.system import SRSystem
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        self.generator = SRSystem.load_from_checkpoint(path, map_location="cpu").generator.eval()
+        self.scale = self.generator.scale
+
+    def forward(self, lq: torch.Tensor) -> torch.Tensor:
+        return self.generator(lq)
+
+
+def paste_mask(size: int, margin: float = 0.05, feather: float = 0.04, device=None) -> torch.Tensor:
+    """(1, 1, size, size) mask of the aligned square: 1 inside, 0 within `margin` of the border,
+    a Gaussian-smoothed edge `feather` (fractions of `size`) wide."""
+    m = max(1, round(margin * size))
+    mask = torch.zeros(1, 1, size, size, device=device)
+    mask[..., m:-m, m:-m] = 1
+    sigma = max(0.5, feather * size / 2)
+    k = int(2 * round(3 * sigma) + 1)
+    return kornia.filters.gaussian_blur2d(mask, (k, k), (sigma, sigma), border_type="constant")
+
+
+class BlendingBaseline(nn.Module):
+    """Background SR + face restoration on aligned crops, pasted back with feathered masks.
+
+    Args:
+        background: SR model of the whole image (defines the output scale).
+        face: Face model: takes an aligned face of `face_size / face.scale` px, returns `face_size` px.
+        face_size: Side of the aligned (restored) face, FFHQ template scaled to it.
+        margin: Unpasted border of the aligned square (fraction of its side).
+        feather: Width of the mask's soft edge (fraction of its side).
+        detect: Find faces with MTCNN on the background SR when the batch has no landmarks.
+    """
+
+    uses_faces = True
+    reference = False
+
+    def __init__(
+        self,
+        background: nn.Module,
+        face: nn.Module,
+        face_size: int = 512,
+        margin: float = 0.05,
+        feather: float = 0.04,
+        detect: bool = True,
+    ) -> None:
+        super().__init__()
+        self.background = background
+        self.face = face
+        self.scale = int(getattr(background, "scale", 1))
+        self.face_scale = int(getattr(face, "scale", 1))
+        if face_size % self.face_scale:
+            raise ValueError(f"face_size {face_size} is not a multiple of the face model's scale {self.face_scale}")
+        self.face_size = face_size
+        self.margin, self.feather = margin, feather
+        self.detect = detect
+        self._annotator = None
+
+    def _detect(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from headsup.data.faces import FaceAnnotator
+
+        if self._annotator is None:
+            self._annotator = FaceAnnotator(device=images.device)
+        found = self._annotator.detect(list(images.float()))
+        n = max(1, max(len(f) for f in found))
+        landmarks = images.new_zeros(len(found), n, 5, 2)
+        valid = torch.zeros(len(found), n, dtype=torch.bool, device=images.device)
+        for i, faces in enumerate(found):
+            for j, f in enumerate(faces):
+                landmarks[i, j] = torch.tensor(f.landmarks, device=images.device)
+                valid[i, j] = True
+        return landmarks, valid
+
+    @torch.no_grad()
+    def forward(self, lq: torch.Tensor, face_landmarks: torch.Tensor | None = None,
+                face_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """LQ (B, 3, h, w) -> (B, 3, s*h, s*w); landmarks (B, F, 5, 2) in output pixels, or detected."""
+        out = self.background(lq).float().clone()  # pasted in place; never into the caller's tensor
+        if face_landmarks is None:
+            if not self.detect:
+                return out
+            face_landmarks, face_valid = self._detect(out)
+        b_idx, f_idx = face_valid.nonzero(as_tuple=True)
+        if b_idx.numel() == 0:
+            return out
+        landmarks = face_landmarks[b_idx, f_idx].float()
+        size_in = self.face_size // self.face_scale
+        aligned = align_faces(lq[b_idx].float(), landmarks / self.scale, size_in)
+        restored = self.face(aligned).float().clamp(0, 1)
+        h, w = out.shape[-2:]
+        faces = warp_reference(restored, landmarks, h, w)
+        mask = paste_mask(self.face_size, self.margin, self.feather, lq.device).expand(len(b_idx), -1, -1, -1)
+        masks = warp_reference(mask, landmarks, h, w).clamp(0, 1)
+        for k in range(len(b_idx)):  # faces are pasted one after the other, as GFPGAN does
+            i = b_idx[k]
+            out[i] = masks[k] * faces[k] + (1 - masks[k]) * out[i]
+        return out
