@@ -27,7 +27,7 @@ from torchmetrics import MetricCollection
 from torchvision.utils import make_grid
 
 from headsup.metrics.full_reference import PSNR, SSIM
-from headsup.models.generator import OneStepSR
+from headsup.metrics.seam import SeamScore
 from headsup.objectives.base import Objective, StepContext
 from headsup.objectives.reconstruction import PixelMSE
 
@@ -43,7 +43,8 @@ class SRSystem(L.LightningModule):
     """Trains `generator` with named objectives; evaluates PSNR/SSIM against bicubic.
 
     Args:
-        generator: The one-step SR generator.
+        generator: The one-step SR generator (`OneStepSR`); for evaluation only, any SR model with a
+            `scale`, e.g. the blending baseline (`headsup.inference.blending.BlendingBaseline`).
         objectives: Named loss terms, e.g. {"mse": PixelMSE, "lpips": LPIPSLoss}; the name is
             the log key and the command-line handle (`--model.objectives.mse.init_args.weight`).
         optimizer: Generator optimizer (over trainable generator parameters).
@@ -55,7 +56,7 @@ class SRSystem(L.LightningModule):
 
     def __init__(
         self,
-        generator: OneStepSR,
+        generator: nn.Module,
         objectives: dict[str, Objective] | None = None,
         optimizer: OptimizerCallable = _adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -86,6 +87,7 @@ class SRSystem(L.LightningModule):
         self._aux_names: list[str] = []
         self._metrics: dict[str, MetricCollection] = {}
         self._lq_only: dict[str, int] = {}  # images of LQ-only evaluation sets, per stage/set
+        self._face_metrics: dict[str, SeamScore] = {}  # stage/set/method -> seam score (sets with faces)
         self.test_results: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ optimisation
@@ -155,7 +157,12 @@ class SRSystem(L.LightningModule):
 
     def _conditioning(self, batch: dict) -> dict:
         """Reference-conditioning inputs of a batch for a `reference=True` generator: the face
-        mask, and the reference of face slot 0 (the largest face, whose identity it shows)."""
+        mask, and the reference of face slot 0 (the largest face, whose identity it shows); the
+        batch's faces for a model that uses them (the blending baseline)."""
+        if getattr(self.generator, "uses_faces", False):
+            if "face_landmarks" not in batch:
+                return {}
+            return {"face_landmarks": batch["face_landmarks"], "face_valid": batch["face_valid"]}
         if not getattr(self.generator, "reference", False):
             return {}
         cond = {}
@@ -176,6 +183,11 @@ class SRSystem(L.LightningModule):
             self._metrics[key] = collection
         return self._metrics[key].to(self.device)
 
+    def _seam(self, key: str) -> SeamScore:
+        if key not in self._face_metrics:
+            self._face_metrics[key] = SeamScore()
+        return self._face_metrics[key].to(self.device)
+
     def _set_name(self, stage: str, dataloader_idx: int) -> str:
         dm = getattr(self.trainer, "datamodule", None)
         names = getattr(dm, f"{stage}_names", None) if dm is not None else None
@@ -192,8 +204,12 @@ class SRSystem(L.LightningModule):
             self._lq_only[f"{stage}/{name}"] = self._lq_only.get(f"{stage}/{name}", 0) + sr.shape[0]
             return {"set": name, "sr": sr, "names": batch["name"]}
         hq = batch["hq"].float()
+        bicubic = self._bicubic(batch["lq"].float())
         self._metric(f"{stage}/{name}/{self.method}", scale).update(sr, hq)
-        self._metric(f"{stage}/{name}/bicubic", scale).update(self._bicubic(batch["lq"].float()), hq)
+        self._metric(f"{stage}/{name}/bicubic", scale).update(bicubic, hq)
+        if "face_landmarks" in batch:
+            for method, image in ((self.method, sr), ("bicubic", bicubic)):
+                self._seam(f"{stage}/{name}/{method}").update(image, hq, batch["face_landmarks"], batch["face_valid"])
         return {"set": name, "sr": sr, "names": batch["name"]}
 
     def _finish(self, stage: str) -> dict[str, dict[str, dict[str, float]]]:
@@ -213,6 +229,11 @@ class SRSystem(L.LightningModule):
                 self.logger.log_metrics(flat, step=int(self.generator_updates))
             collection.reset()
         self._metrics = {k: v for k, v in self._metrics.items() if not k.startswith(f"{stage}/")}
+        for key in [k for k in self._face_metrics if k.startswith(f"{stage}/")]:
+            metric = self._face_metrics.pop(key)
+            _, name, method = key.split("/")
+            if int(metric.count) and method in results.get(name, {}):
+                results[name][method]["seam"] = float(metric.compute())
         for key in [k for k in self._lq_only if k.startswith(f"{stage}/")]:
             results.setdefault(key.split("/", 1)[1], {})["_images"] = self._lq_only.pop(key)
         return results

@@ -230,3 +230,37 @@ def test_lq_only_set_gets_sr_images_and_a_count(trained, tmp_path):
     assert out["sets"] == {"real": {"images": 2}}
     saved = Image.open(run / "test_images" / "real" / "a.png")
     assert saved.size == (256, 256)  # x4 of the 64x64 LQ
+
+
+def test_blending_baseline_as_a_method_with_the_seam_score(trained, tmp_path, samples_dir):
+    from headsup.data.faces import annotate
+
+    tmp, config, _ = trained
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    manifest = annotate(samples_dir / "test" / "portrait", tmp_path / "faces.jsonl", num_workers=0, progress=False)
+    manifest.write_text(manifest.read_text().replace('"path":"', f'"path":"{samples_dir}/test/portrait/'))
+    cfg = yaml.safe_load(config.read_text())
+    run = tmp_path / "blend"
+    cfg["trainer"]["default_root_dir"] = str(run)
+    cfg["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path), name="blend")
+    cfg["data"]["test_sets"] = [{"name": "portrait", "manifest": str(manifest), "kind": "portrait",
+                                 "center_crop": 256}]
+    checkpoint_model = {"class_path": "headsup.inference.blending.CheckpointModel", "init_args": {"path": ckpt}}
+    cfg["model"] = {"method": "blending", "generator": {
+        "class_path": "headsup.inference.blending.BlendingBaseline",
+        "init_args": {"background": checkpoint_model, "face": checkpoint_model, "face_size": 128}}}
+    path = tmp_path / "blend.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert main(["test", "--config", str(path), "--results.save_images", "false"]) == 0
+    sets = json.loads((run / "results.json").read_text())["sets"]
+    assert set(sets["portrait"]) == {"images", "blending", "bicubic"}
+    for method in ("blending", "bicubic"):
+        assert "seam" in sets["portrait"][method] and "psnr_rgb" in sets["portrait"][method]
+    # the same checkpoint end to end on the same faces: also scored for seams
+    cfg["model"] = yaml.safe_load(config.read_text())["model"]
+    cfg["trainer"]["default_root_dir"] = str(tmp_path / "end2end")
+    cfg["trainer"]["logger"]["init_args"].update(name="end2end")
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert main(["test", "--config", str(path), "--results.save_images", "false", "--ckpt_path", ckpt]) == 0
+    sets = json.loads((tmp_path / "end2end" / "results.json").read_text())["sets"]
+    assert "seam" in sets["portrait"]["headsup"]
