@@ -37,6 +37,15 @@ class HeadsupCLI(LightningCLI):
         parser.add_lightning_class_args(ResultsWriter, "results")
         parser.add_lightning_class_args(PredictWriter, "writer")
 
+    def _parse_ckpt_path(self) -> None:
+        # With --ckpt_path, Lightning replaces the model section by the checkpoint's; evaluation
+        # metrics are a choice of the test run, not of the trained model: keep the given ones.
+        sub = self.config.get("subcommand")
+        metrics = self.config.get(f"{sub}.model.metrics") if sub else None
+        super()._parse_ckpt_path()
+        if sub and metrics is not None:
+            self.config[f"{sub}.model.metrics"] = metrics
+
 
 def build_cli(args: ArgsType = None, run: bool = True) -> HeadsupCLI:
     """Parse `args` (the command line when None) and build model, data and trainer; `run=False`

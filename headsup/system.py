@@ -27,6 +27,7 @@ from torchmetrics import MetricCollection
 from torchvision.utils import make_grid
 
 from headsup.metrics.full_reference import PSNR, SSIM
+from headsup.metrics.extra import ExtraMetric, MeanScore
 from headsup.metrics.seam import SeamScore
 from headsup.objectives.base import Objective, StepContext
 from headsup.objectives.reconstruction import PixelMSE
@@ -52,6 +53,9 @@ class SRSystem(L.LightningModule):
         grad_clip: Max gradient norm of the generator update (None: no clipping).
         method: Name of this model in result tables.
         log_images: Validation images per set logged as LQ / SR / HQ grids.
+        metrics: Evaluation metrics besides PSNR/SSIM (Y and RGB) and the seam score, by result
+            name, e.g. {"lpips": LPIPSMetric, "musiq": PyiqaMetric, "deg": IdentityCosine}; those
+            whose weights are missing are reported as unavailable.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class SRSystem(L.LightningModule):
         grad_clip: float | None = 1.0,
         method: str = "headsup",
         log_images: int = 2,
+        metrics: dict[str, ExtraMetric] | None = None,
     ) -> None:
         super().__init__()
         # Under the CLI the hyperparameters are the parsed config (class paths and init args);
@@ -82,12 +87,14 @@ class SRSystem(L.LightningModule):
         self.grad_clip = grad_clip
         self.method = method
         self.log_images = log_images
+        self.eval_metrics = nn.ModuleDict(metrics or {})
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
         self._checkpoint_keys = {n for n, p in self.named_parameters() if p.requires_grad} | {"generator_updates"}
         self._aux_names: list[str] = []
         self._metrics: dict[str, MetricCollection] = {}
         self._lq_only: dict[str, int] = {}  # images of LQ-only evaluation sets, per stage/set
         self._face_metrics: dict[str, SeamScore] = {}  # stage/set/method -> seam score (sets with faces)
+        self._extra: dict[str, MeanScore] = {}  # stage/set/method/metric -> configured extra metrics
         self.test_results: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ optimisation
@@ -183,6 +190,16 @@ class SRSystem(L.LightningModule):
             self._metrics[key] = collection
         return self._metrics[key].to(self.device)
 
+    @property
+    def metric_settings(self) -> dict:
+        """What the results files record about the configured extra metrics."""
+        return {
+            "metrics": {n: (type(m).__name__ + (f"({m.metric_name})" if hasattr(m, "metric_name") else ""))
+                        for n, m in self.eval_metrics.items()},
+            "unavailable": {n: m.unavailable for n, m in self.eval_metrics.items() if m.unavailable},
+            "seam": "band 2% of the aligned face square around its border (5% margin), vs rings 2-6%",
+        }
+
     def _seam(self, key: str) -> SeamScore:
         if key not in self._face_metrics:
             self._face_metrics[key] = SeamScore()
@@ -200,11 +217,18 @@ class SRSystem(L.LightningModule):
         name = self._set_name(stage, dataloader_idx)
         scale = self.generator.scale
         sr = self.generator(batch["lq"], **self._conditioning(batch)).float()
-        if "hq" not in batch:  # LQ-only set: SR images are kept, full-reference metrics do not apply
+        bicubic = self._bicubic(batch["lq"].float())
+        hq = batch["hq"].float() if "hq" in batch else None
+        for metric_name, metric in self.eval_metrics.items():
+            if metric.unavailable or (metric.needs_hq and hq is None) or \
+                    (metric.needs_faces and "face_landmarks" not in batch):
+                continue
+            for method, image in ((self.method, sr), ("bicubic", bicubic)):
+                key = f"{stage}/{name}/{method}/{metric_name}"
+                self._extra.setdefault(key, MeanScore()).to(self.device).update(metric.scores(image, hq, batch))
+        if hq is None:  # LQ-only set: SR images are kept, full-reference metrics do not apply
             self._lq_only[f"{stage}/{name}"] = self._lq_only.get(f"{stage}/{name}", 0) + sr.shape[0]
             return {"set": name, "sr": sr, "names": batch["name"]}
-        hq = batch["hq"].float()
-        bicubic = self._bicubic(batch["lq"].float())
         self._metric(f"{stage}/{name}/{self.method}", scale).update(sr, hq)
         self._metric(f"{stage}/{name}/bicubic", scale).update(bicubic, hq)
         if "face_landmarks" in batch:
@@ -234,6 +258,11 @@ class SRSystem(L.LightningModule):
             _, name, method = key.split("/")
             if int(metric.count) and method in results.get(name, {}):
                 results[name][method]["seam"] = float(metric.compute())
+        for key in [k for k in self._extra if k.startswith(f"{stage}/")]:
+            metric = self._extra.pop(key)
+            _, name, method, metric_name = key.split("/")
+            if int(metric.count):
+                results.setdefault(name, {}).setdefault(method, {})[metric_name] = float(metric.compute())
         for key in [k for k in self._lq_only if k.startswith(f"{stage}/")]:
             results.setdefault(key.split("/", 1)[1], {})["_images"] = self._lq_only.pop(key)
         return results

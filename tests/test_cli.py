@@ -264,3 +264,47 @@ def test_blending_baseline_as_a_method_with_the_seam_score(trained, tmp_path, sa
     assert main(["test", "--config", str(path), "--results.save_images", "false", "--ckpt_path", ckpt]) == 0
     sets = json.loads((tmp_path / "end2end" / "results.json").read_text())["sets"]
     assert "seam" in sets["portrait"]["headsup"]
+
+
+def test_extra_metrics_run_and_missing_weights_are_reported(trained, tmp_path, samples_dir, lpips_files,
+                                                            facenet_file):
+    import scipy.io
+
+    from headsup.data.faces import annotate
+
+    tmp, config, _ = trained
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    manifest = annotate(samples_dir / "test" / "portrait", tmp_path / "faces.jsonl", num_workers=0, progress=False)
+    manifest.write_text(manifest.read_text().replace('"path":"', f'"path":"{samples_dir}/test/portrait/'))
+    niqe = tmp_path / "niqe_params.mat"  # stand-in pristine parameters in pyiqa's file format
+    scipy.io.savemat(niqe, {"mu_prisparam": np.zeros((1, 36)), "cov_prisparam": np.eye(36)})
+    cfg = yaml.safe_load(config.read_text())
+    run = tmp_path / "metrics"
+    cfg["trainer"]["default_root_dir"] = str(run)
+    cfg["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path), name="metrics")
+    cfg["data"]["test_sets"] = [
+        {"name": "portrait", "manifest": str(manifest), "kind": "portrait", "center_crop": 400},
+        {"name": "real", "lq": str(samples_dir / "predict"), "kind": "general"},
+    ]
+    cfg["model"]["metrics"] = {
+        "lpips": {"class_path": "headsup.metrics.extra.LPIPSMetric",
+                  "init_args": {"vgg_weights": str(lpips_files[0]), "lpips_weights": str(lpips_files[1])}},
+        "niqe": {"class_path": "headsup.metrics.extra.PyiqaMetric",
+                 "init_args": {"metric": "niqe", "weights": str(niqe)}},
+        "musiq": {"class_path": "headsup.metrics.extra.PyiqaMetric",
+                  "init_args": {"metric": "musiq", "weights": str(tmp_path / "musiq.pth")}},
+        "deg": {"class_path": "headsup.metrics.extra.IdentityCosine", "init_args": {"weights": str(facenet_file)}},
+        "lmd": {"class_path": "headsup.metrics.extra.LandmarkDistance"},
+    }
+    path = tmp_path / "metrics.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert main(["test", "--config", str(path), "--ckpt_path", ckpt, "--results.save_images", "false"]) == 0
+    out = json.loads((run / "results.json").read_text())
+    portrait = out["sets"]["portrait"]
+    for method in ("headsup", "bicubic"):
+        expected = {"psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "seam", "lpips", "niqe", "deg", "lmd"}
+        assert expected <= set(portrait[method])
+        assert -1 <= portrait[method]["deg"] <= 1 and portrait[method]["lpips"] >= 0
+    assert set(out["sets"]["real"]["headsup"]) == {"niqe"}  # LQ-only: no-reference metrics only
+    assert "musiq.pth" in out["settings"]["unavailable"]["musiq"]
+    assert "musiq" not in portrait["headsup"]

@@ -1,0 +1,171 @@
+"""Evaluation metrics beyond PSNR/SSIM, configured by name for `headsup test` (`model.metrics`).
+
+Each entry is a factory of torchmetrics `Metric`s (one per set and method, mean of per-image
+or per-face scores, summed across DDP ranks). Anything that needs weights loads them from a
+local file; a missing file makes the metric *unavailable* (named in results.json with the path
+to put the file) instead of stopping the sweep. No-reference metrics also score LQ-only sets.
+
+- `LPIPSMetric`: LPIPS-VGG (our module, local VGG16 + LPIPS weights), lower is better.
+- `PyiqaMetric`: any pyiqa metric by name with its local weights: no-reference NIQE, MUSIQ,
+  MANIQA, CLIPIQA; full-reference DISTS.
+- `IdentityCosine` ("Deg"): cosine of InceptionResnetV1 embeddings of SR and HQ faces aligned at
+  the HQ landmarks.
+- `LandmarkDistance` ("LMD"): mean distance (px) between MTCNN landmarks found on the SR face and
+  the HQ landmarks; faces MTCNN misses on SR are left out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchmetrics import Metric
+
+
+class MeanScore(Metric):
+    """Mean of the scores passed to `update` (per image or per face)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, scores: torch.Tensor) -> None:
+        self.total += scores.detach().double().sum()
+        self.count += scores.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.count.clamp_min(1)
+
+
+class ExtraMetric(nn.Module):
+    """A named evaluation metric. Subclasses set `needs_hq` and `needs_faces`, implement `scores`."""
+
+    needs_hq = True
+    needs_faces = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unavailable: str | None = None
+
+    def scores(self, sr: torch.Tensor, hq: torch.Tensor | None, batch: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def _missing(path: str | None, what: str) -> str | None:
+    if path is None:
+        return f"{what}: no local weights given (nothing is downloaded)"
+    if not Path(path).is_file():
+        return f"{what}: weights not found at {path} (put the file there)"
+    return None
+
+
+class LPIPSMetric(ExtraMetric):
+    """LPIPS-VGG between SR and HQ (lower is better).
+
+    Args:
+        vgg_weights: torchvision VGG16 state dict.
+        lpips_weights: LPIPS v0.1 linear weights.
+    """
+
+    def __init__(self, vgg_weights: str | None = None, lpips_weights: str | None = None) -> None:
+        super().__init__()
+        self.unavailable = _missing(vgg_weights, "lpips (VGG16)") or _missing(lpips_weights, "lpips (linear layers)")
+        self.net = None
+        if self.unavailable is None:
+            from headsup.models.lpips import LPIPS
+
+            self.net = LPIPS.from_files(vgg_weights, lpips_weights)
+
+    def scores(self, sr, hq, batch):
+        return self.net(sr * 1.0, hq).flatten()
+
+
+class PyiqaMetric(ExtraMetric):
+    """A pyiqa metric from local weights (full-reference ones compare with HQ).
+
+    Args:
+        metric: pyiqa metric name (niqe, musiq, maniqa, clipiqa, dists, ...).
+        weights: Local weights file of the metric (NIQE: its pristine-parameter .mat).
+    """
+
+    def __init__(self, metric: str, weights: str | None = None) -> None:
+        super().__init__()
+        self.metric_name = metric
+        self.unavailable = _missing(weights, metric)
+        self.net = None
+        self.needs_hq = False
+        if self.unavailable is None:
+            import pyiqa
+
+            try:
+                self.net = pyiqa.create_metric(metric, as_loss=False, device=torch.device("cpu"),
+                                               pretrained_model_path=weights)
+            except Exception as err:  # noqa: BLE001 - reported as unavailable, the sweep goes on
+                self.unavailable = f"{metric}: could not be built from {weights}: {err}"
+                return
+            self.net.requires_grad_(False)
+            self.needs_hq = getattr(self.net, "metric_mode", "NR") == "FR"
+
+    def scores(self, sr, hq, batch):
+        self.net.to(sr.device)
+        self.net.device = sr.device
+        out = self.net(sr, hq) if self.needs_hq else self.net(sr)
+        return out.float().flatten()
+
+
+class IdentityCosine(ExtraMetric):
+    """Deg: cosine similarity of face-recognition embeddings of SR and HQ faces (higher is better).
+
+    Args:
+        weights: Local InceptionResnetV1 state dict (facenet-pytorch).
+    """
+
+    needs_faces = True
+
+    def __init__(self, weights: str | None = None) -> None:
+        super().__init__()
+        self.unavailable = _missing(weights, "deg (InceptionResnetV1)")
+        self.net = None
+        if self.unavailable is None:
+            from headsup.models.identity import IdentityNet
+
+            self.net = IdentityNet(weights)
+
+    def scores(self, sr, hq, batch):
+        b_idx, f_idx = batch["face_valid"].nonzero(as_tuple=True)
+        if b_idx.numel() == 0:
+            return sr.new_zeros(0)
+        landmarks = batch["face_landmarks"][b_idx, f_idx]
+        return (self.net(sr[b_idx], landmarks) * self.net(hq[b_idx], landmarks)).sum(1)
+
+
+class LandmarkDistance(ExtraMetric):
+    """LMD: mean pixel distance of MTCNN's 5 landmarks on the SR face to the HQ landmarks (the
+    nearest detection to each face; faces MTCNN misses on SR are left out)."""
+
+    needs_faces = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._annotator = None
+
+    def scores(self, sr, hq, batch):
+        from headsup.data.faces import FaceAnnotator
+
+        if self._annotator is None:
+            self._annotator = FaceAnnotator(device=sr.device, detect_size=10**6, min_prob=0.5)
+        b_idx, f_idx = batch["face_valid"].nonzero(as_tuple=True)
+        out = []
+        found = self._annotator.detect([sr[b] for b in b_idx.tolist()])
+        for k, faces in enumerate(found):
+            truth = batch["face_landmarks"][b_idx[k], f_idx[k]].float().cpu()
+            if not faces:
+                continue
+            cands = torch.stack([torch.tensor(f.landmarks) for f in faces])
+            dist = (cands - truth).norm(dim=-1).mean(-1)  # the detection nearest to this face
+            out.append(dist.min())
+        return torch.stack(out) if out else sr.new_zeros(0)
