@@ -26,7 +26,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchvision.utils import make_grid
 
-from headsup.metrics.full_reference import PSNR, SSIM
+from headsup.metrics.full_reference import PSNR, SSIM, ImageCount
 from headsup.metrics.extra import ExtraMetric, MeanScore
 from headsup.metrics.seam import SeamScore
 from headsup.objectives.base import Objective, StepContext
@@ -186,6 +186,7 @@ class SRSystem(L.LightningModule):
             collection = MetricCollection({
                 "psnr_y": PSNR(crop_border), "ssim_y": SSIM(crop_border),
                 "psnr_rgb": PSNR(crop_border, y_channel=False), "ssim_rgb": SSIM(crop_border, y_channel=False),
+                "images": ImageCount(),
             })
             self._metrics[key] = collection
         return self._metrics[key].to(self.device)
@@ -243,8 +244,8 @@ class SRSystem(L.LightningModule):
                 continue
             _, name, method = key.split("/")
             values = {k: float(v) for k, v in collection.compute().items()}
+            count = int(values.pop("images"))  # summed over DDP ranks, like the scores
             results.setdefault(name, {})[method] = values
-            count = int(next(iter(collection.values())).count)
             results[name].setdefault("_images", count)
             flat = {f"{stage}/{name}/{method}/{metric}": value for metric, value in values.items()}
             if stage == "val":

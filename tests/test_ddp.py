@@ -51,3 +51,39 @@ def test_two_process_ddp_full_objective(tmp_path, samples_dir, tiny_sd_dir):
     assert int(ckpt["state_dict"]["generator_updates"]) == 3
     ranks = [(tmp_path / "probe" / f"lq_rank{r}.txt").read_text().split() for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 3 and ranks[0] != ranks[1]
+
+
+def test_test_metrics_equal_single_process_and_two_process_ddp(tmp_path, samples_dir, tiny_sd_dir):
+    """The same checkpoint and sets give the same numbers on 1 and on 2 processes (synced metrics)."""
+    import json
+
+    import yaml
+
+    config = make_config(tmp_path, samples_dir, tiny_sd_dir, max_steps=2, val_check_interval=1000)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    fit = [sys.executable, "-m", "headsup.cli", "fit", "--config", str(config), "--data.crop_size", "16",
+           "--data.val_sets", "[]"]
+    assert subprocess.run(fit, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path).returncode == 0
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    sets = {}
+    for devices in (1, 2):
+        cfg = yaml.safe_load(config.read_text())
+        run = tmp_path / f"test{devices}"
+        cfg["trainer"]["default_root_dir"] = str(run)
+        cfg["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path), name=f"test{devices}")
+        cfg["data"]["test_sets"].append({"name": "odd", "hq": str(samples_dir / "train"), "center_crop": 32})
+        path = tmp_path / f"test{devices}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        cmd = [sys.executable, "-m", "headsup.cli", "test", "--config", str(path), "--ckpt_path", ckpt,
+               "--trainer.devices", str(devices), "--trainer.accelerator", "cpu", "--results.save_images", "false"]
+        if devices == 2:
+            cmd += ["--trainer.strategy", "ddp"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        sets[devices] = json.loads((run / "results.json").read_text())["sets"]
+    assert sets[1]["odd"]["images"] == sets[2]["odd"]["images"] == 17  # uneven: no image counted twice
+    for name in ("portrait", "general", "odd"):
+        assert sets[1][name]["images"] == sets[2][name]["images"]
+        for method in ("headsup", "bicubic"):
+            for metric, value in sets[1][name][method].items():
+                assert abs(sets[2][name][method][metric] - value) < 1e-6, (name, method, metric)

@@ -106,13 +106,18 @@ class ResultsWriter(Callback):
         self.image_dir = image_dir
         self.overwrite = overwrite
         self._previous: dict = {}
+        self._run_dir: Path | None = None
 
-    @staticmethod
-    def _run(trainer) -> Path:
-        return Path(trainer.log_dir or trainer.default_root_dir)
+    def _run(self, trainer) -> Path:
+        # trainer.log_dir is a collective call under DDP: resolved once, on every rank, in setup
+        if self._run_dir is None:
+            self._run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        return self._run_dir
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._previous = {}
+        self._run_dir = None
+        self._run(trainer)
         dm = getattr(trainer, "datamodule", None)
         if stage == "test" and dm is not None:
             # asked when the test loaders are built, after the checkpoint path is known

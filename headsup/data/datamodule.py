@@ -126,8 +126,9 @@ class SRDataModule(L.LightningDataModule):
     def val_names(self) -> list[str]:
         return [s.name for s in self.val_specs]
 
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, sampler=None) -> DataLoader:
-        training = shuffle or sampler is not None
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool, sampler=None,
+                training: bool | None = None) -> DataLoader:
+        training = (shuffle or sampler is not None) if training is None else training
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -141,7 +142,14 @@ class SRDataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, spec: DatasetSpec) -> DataLoader:
-        return self._loader(EvalDataset(spec, self.scale, self.max_faces), self.eval_batch_size, False)
+        dataset = EvalDataset(spec, self.scale, self.max_faces)
+        sampler = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every image exactly once across ranks (Lightning's default pads uneven sets with repeats)
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        return self._loader(dataset, self.eval_batch_size, False, sampler=sampler, training=False)
 
     def train_dataloader(self) -> DataLoader:
         if not self.train_specs:
@@ -153,7 +161,7 @@ class SRDataModule(L.LightningDataModule):
             return self._loader(dataset, self.batch_size, shuffle=True)
         weights = [s.weight if s.weight is not None else 1.0 for s in self.train_specs]
         sampler = MixtureSampler([len(d) for d in sets], weights, self.samples_per_epoch, seed=self.seed)
-        return self._loader(dataset, self.batch_size, shuffle=False, sampler=sampler)
+        return self._loader(dataset, self.batch_size, shuffle=False, sampler=sampler, training=True)
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._eval_loader(s) for s in self.val_specs]

@@ -108,3 +108,19 @@ class SSIM(_MeanOverImages):
 
     def _score(self, sr, hq):
         return ssim(sr, hq, self.crop_border, self.y_channel)
+
+
+class ImageCount(Metric):
+    """Number of images seen (summed across DDP ranks), to report next to the scores."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, sr: torch.Tensor, hq: torch.Tensor) -> None:
+        self.count += sr.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        return self.count
