@@ -35,22 +35,22 @@ def psnr(sr: torch.Tensor, hq: torch.Tensor, crop_border: int = 0, y_channel: bo
     return 10.0 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
+def _gaussian_1d(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
     coords = torch.arange(size, dtype=torch.float64, device=device) - size // 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)
+    return g / g.sum()
 
 
 def ssim(sr: torch.Tensor, hq: torch.Tensor, crop_border: int = 0, y_channel: bool = True) -> torch.Tensor:
     """Per-image SSIM, (B,), Gaussian 11x11 window, valid region, mean over channels."""
     a, b = prepare(sr, crop_border, y_channel), prepare(hq, crop_border, y_channel)
     c = a.shape[1]
-    window = _gaussian_window(device=a.device).expand(c, 1, 11, 11)
+    g = _gaussian_1d(device=a.device)
+    rows, cols = g.view(1, 1, 11, 1).expand(c, 1, 11, 1), g.view(1, 1, 1, 11).expand(c, 1, 1, 11)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 
-    def filt(x):
-        return F.conv2d(x, window, groups=c)
+    def filt(x):  # the 11x11 Gaussian window is separable: two 1-D passes, same result, ~5x fewer MACs
+        return F.conv2d(F.conv2d(x, rows, groups=c), cols, groups=c)
 
     mu_a, mu_b = filt(a), filt(b)
     var_a = filt(a * a) - mu_a**2
