@@ -182,3 +182,19 @@ def test_mixed_sources_follow_their_weights_and_shard_under_ddp(tmp_path, portra
     assert isinstance(loader.sampler, MixtureSampler) and len(loader) == 2
     batch = next(iter(loader))  # portrait and general items collate together
     assert batch["hq"].shape == (4, 3, 128, 128) and batch["face_boxes"].shape == (4, 4, 4)
+
+
+def test_evaluation_references_and_identity_against_them(portrait_set, facenet_file):
+    from headsup.metrics.extra import ReferenceIdentityCosine
+
+    spec = DatasetSpec(name="p", manifest=str(portrait_set / "train.jsonl"), kind="portrait")
+    ds = EvalDataset(spec, scale=4, reference_size=128)
+    first, again = ds[0], ds[0]
+    assert first["has_reference"] and torch.equal(first["reference"], again["reference"])  # deterministic
+    assert not ds[1]["has_reference"]
+    batch = collate([first, ds[1]])
+    metric = ReferenceIdentityCosine(str(facenet_file))
+    scores = metric.scores(batch["hq"], batch["hq"], batch)
+    assert scores.shape == (1,) and -1 <= float(scores[0]) <= 1  # only the image that has a reference
+    own = dict(batch, reference=Fc.align_faces(batch["hq"], batch["face_landmarks"][:, 0], 128))
+    assert float(metric.scores(batch["hq"], batch["hq"], own)[0]) > 0.95  # its own face as reference

@@ -35,7 +35,7 @@ METRICS = {
     "maniqa": "MANIQA ↑",
     "clipiqa": "CLIPIQA ↑",
     "deg": "Deg (ID cos) ↑",
-    "deg_ref": "Deg vs reference ↑",
+    "deg_ref": "Deg vs reference ↑",  # ReferenceIdentityCosine
     "lmd": "LMD (px) ↓",
     "seam": "Seam ↓",
 }

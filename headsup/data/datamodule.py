@@ -142,7 +142,7 @@ class SRDataModule(L.LightningDataModule):
         )
 
     def _eval_loader(self, spec: DatasetSpec) -> DataLoader:
-        dataset = EvalDataset(spec, self.scale, self.max_faces)
+        dataset = EvalDataset(spec, self.scale, self.max_faces, self.reference_size)
         sampler = None
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # every image exactly once across ranks (Lightning's default pads uneven sets with repeats)

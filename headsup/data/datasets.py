@@ -266,13 +266,15 @@ class EvalDataset(Dataset):
     and a `seed` for the DataModule's deterministic degradation; LQ-only sets (real
     photos without ground truth) return `lq` alone. HQ is cropped to a
     multiple of the scale (BasicSR's mod-crop). Annotated sets (portrait manifests, face
-    sets) also return their faces in HQ pixels, like training items.
+    sets) also return their faces in HQ pixels, like training items, and with `reference_size`
+    the aligned face of the first listed same-person reference.
     """
 
-    def __init__(self, spec: DatasetSpec, scale: int, max_faces: int = 4) -> None:
+    def __init__(self, spec: DatasetSpec, scale: int, max_faces: int = 4, reference_size: int | None = None) -> None:
         self.spec = spec
         self.scale = scale
         self.max_faces = max_faces
+        self.references = ReferenceLoader(reference_size) if reference_size else None
         self.records = load_records(spec)
         self.files = [r["path"] for r in self.records]
         self.annotated = spec.kind == "face" or any("faces" in r for r in self.records)
@@ -317,6 +319,8 @@ class EvalDataset(Dataset):
             boxes, landmarks = face_geometry(self.records[index], self.spec.kind, full.shape[-1], full.shape[-2])
             boxes, landmarks, valid = geometry.crop(boxes, landmarks, top, left, hq.shape[-2], hq.shape[-1])
             item.update(pad_faces(boxes, landmarks, valid, self.max_faces))
+        if self.references is not None:  # the first listed reference: the same in every run
+            item.update(self.references(self.records[index], 0))
         return item
 
 

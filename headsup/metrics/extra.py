@@ -9,7 +9,7 @@ to put the file) instead of stopping the sweep. No-reference metrics also score 
 - `PyiqaMetric`: any pyiqa metric by name with its local weights: no-reference NIQE, MUSIQ,
   MANIQA, CLIPIQA; full-reference DISTS.
 - `IdentityCosine` ("Deg"): cosine of InceptionResnetV1 embeddings of SR and HQ faces aligned at
-  the HQ landmarks.
+  the HQ landmarks; `ReferenceIdentityCosine` the same against the person's reference photo.
 - `LandmarkDistance` ("LMD"): mean distance (px) between MTCNN landmarks found on the SR face and
   the HQ landmarks; faces MTCNN misses on SR are left out.
 """
@@ -169,3 +169,24 @@ class LandmarkDistance(ExtraMetric):
             dist = (cands - truth).norm(dim=-1).mean(-1)  # the detection nearest to this face
             out.append(dist.min())
         return torch.stack(out) if out else sr.new_zeros(0)
+
+
+class ReferenceIdentityCosine(IdentityCosine):
+    """Deg vs reference: cosine of the embeddings of the SR face (slot 0, the largest) and of the
+    same person's reference photo (`reference`, FFHQ-aligned), where the batch has one.
+
+    Args:
+        weights: Local InceptionResnetV1 state dict (facenet-pytorch).
+    """
+
+    def scores(self, sr, hq, batch):
+        from headsup.data.faces import template
+
+        if "reference" not in batch:
+            return sr.new_zeros(0)
+        idx = (batch["has_reference"] & batch["face_valid"][:, 0]).nonzero().flatten()
+        if idx.numel() == 0:
+            return sr.new_zeros(0)
+        ref = batch["reference"][idx]
+        ref_points = template(ref.shape[-1], ref.device)[None].expand(len(idx), -1, -1)
+        return (self.net(sr[idx], batch["face_landmarks"][idx, 0]) * self.net(ref, ref_points)).sum(1)
