@@ -54,14 +54,15 @@ def test_misspelt_nested_init_arg_fails(capsys):
     assert "wieght" in capsys.readouterr().err
 
 
-def test_realesrgan_fragment_builds_the_x4plus_training_pipeline():
+def test_realesrgan_fragment_builds_the_x4plus_training_pipeline(tiny_sd_dir):
     import torch
     from skimage.data import astronaut
 
     from headsup.degradations import RealESRGANDegradation
 
     fragment = ROOT / "configs" / "degradation" / "realesrgan_x4.yaml"
-    cli = build_cli(["--config", str(QUICKSTART), "--config", str(fragment), "--data.crop_size", "256"], run=False)
+    cli = build_cli(["--config", str(QUICKSTART), "--config", str(fragment), "--data.crop_size", "256",
+                     "--model.generator.init_args.backbone.init_args.path", str(tiny_sd_dir)], run=False)
     dm = cli.datamodule
     assert isinstance(dm.degradation, RealESRGANDegradation) and dm.sharpen_gt and dm.pool.size == 180
     assert list(dm.degradation.stages[0]["kernel_prob"]) == [0.45, 0.25, 0.12, 0.03, 0.12, 0.03]

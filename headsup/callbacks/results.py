@@ -134,7 +134,9 @@ class ResultsWriter(Callback):
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             old = {}
-        same = old.get("method") == pl_module.method and old.get("checkpoint") == _checkpoint_id(trainer.ckpt_path)
+        checkpoint = _checkpoint_id(trainer.ckpt_path)
+        # without a checkpoint (an in-memory model) nothing ties old numbers to these weights
+        same = checkpoint is not None and old.get("method") == pl_module.method and old.get("checkpoint") == checkpoint
         if not same:
             if trainer.is_global_zero:
                 stamp = old.get("date", "old").replace(":", "").replace("+", "_")

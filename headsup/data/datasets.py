@@ -32,7 +32,8 @@ def load_records(spec: DatasetSpec) -> list[dict]:
         raise ValueError(f"dataset '{spec.name}': give exactly one of 'hq' or 'manifest'")
     if spec.hq is None and spec.manifest is None:
         if spec.lq is None:
-            raise ValueError(f"dataset '{spec.name}': give 'hq', 'manifest' or (for an LQ-only test set) 'lq'")
+            raise ValueError(f"dataset '{spec.name}': give exactly one of 'hq' or 'manifest' (or, for an LQ-only "
+                             "test set, only 'lq')")
         return [{"path": p} for p in _nonempty(list_images(spec.lq), spec)]
     if spec.hq is not None:
         records = [{"path": p} for p in list_images(spec.hq)]
