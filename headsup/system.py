@@ -23,11 +23,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import Metric, MetricCollection
 from torchvision.utils import make_grid
 
 from headsup.metrics.full_reference import PSNR, SSIM, ImageCount
-from headsup.metrics.extra import ExtraMetric, MeanScore
+from headsup.metrics.extra import ExtraMetric
 from headsup.metrics.seam import SeamScore
 from headsup.objectives.base import Objective, StepContext
 from headsup.objectives.reconstruction import PixelMSE
@@ -94,7 +94,7 @@ class SRSystem(L.LightningModule):
         self._metrics: dict[str, MetricCollection] = {}
         self._lq_only: dict[str, int] = {}  # images of LQ-only evaluation sets, per stage/set
         self._face_metrics: dict[str, SeamScore] = {}  # stage/set/method -> seam score (sets with faces)
-        self._extra: dict[str, MeanScore] = {}  # stage/set/method/metric -> configured extra metrics
+        self._extra: dict[str, Metric] = {}  # stage/set/method/metric -> configured extra metrics
         self.test_results: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ optimisation
@@ -226,7 +226,9 @@ class SRSystem(L.LightningModule):
                 continue
             for method, image in ((self.method, sr), ("bicubic", bicubic)):
                 key = f"{stage}/{name}/{method}/{metric_name}"
-                self._extra.setdefault(key, MeanScore()).to(self.device).update(metric.scores(image, hq, batch))
+                if key not in self._extra:
+                    self._extra[key] = metric.make().to(self.device)
+                metric.update(self._extra[key], image, hq, batch)
         if hq is None:  # LQ-only set: SR images are kept, full-reference metrics do not apply
             self._lq_only[f"{stage}/{name}"] = self._lq_only.get(f"{stage}/{name}", 0) + sr.shape[0]
             return {"set": name, "sr": sr, "names": batch["name"]}
@@ -262,8 +264,14 @@ class SRSystem(L.LightningModule):
         for key in [k for k in self._extra if k.startswith(f"{stage}/")]:
             metric = self._extra.pop(key)
             _, name, method, metric_name = key.split("/")
-            if int(metric.count):
-                results.setdefault(name, {}).setdefault(method, {})[metric_name] = float(metric.compute())
+            if not (metric.update_called and int(getattr(metric, "count", 1))):
+                continue
+            try:
+                value = float(metric.compute())
+            except (RuntimeError, ValueError) as err:  # e.g. FID of a one-image set
+                warnings.warn(f"{metric_name} on {name} ({method}) not computed: {err}", stacklevel=2)
+                continue
+            results.setdefault(name, {}).setdefault(method, {})[metric_name] = value
         for key in [k for k in self._lq_only if k.startswith(f"{stage}/")]:
             results.setdefault(key.split("/", 1)[1], {})["_images"] = self._lq_only.pop(key)
         return results

@@ -62,6 +62,16 @@ def facenet_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def fid_file(tmp_path_factory) -> Path:
+    """Torch-fidelity's FID Inception with random weights, saved where the real file would be."""
+    from headsup.testing.tiny import _random_fid_inception
+
+    path = tmp_path_factory.mktemp("fid") / "fid_inception.pth"
+    torch.save(_random_fid_inception(), path)
+    return path
+
+
 def make_config(tmp_path: Path, samples: Path, backbone: Path, test_crop: int = 64, **trainer) -> Path:
     """The quickstart config with every path moved under tmp_path and trainer overrides applied."""
     cfg = yaml.safe_load(QUICKSTART.read_text())

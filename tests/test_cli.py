@@ -267,7 +267,7 @@ def test_blending_baseline_as_a_method_with_the_seam_score(trained, tmp_path, sa
 
 
 def test_extra_metrics_run_and_missing_weights_are_reported(trained, tmp_path, samples_dir, lpips_files,
-                                                            facenet_file):
+                                                            facenet_file, fid_file):
     import scipy.io
 
     from headsup.data.faces import annotate
@@ -295,6 +295,7 @@ def test_extra_metrics_run_and_missing_weights_are_reported(trained, tmp_path, s
                   "init_args": {"metric": "musiq", "weights": str(tmp_path / "musiq.pth")}},
         "deg": {"class_path": "headsup.metrics.extra.IdentityCosine", "init_args": {"weights": str(facenet_file)}},
         "lmd": {"class_path": "headsup.metrics.extra.LandmarkDistance"},
+        "fid": {"class_path": "headsup.metrics.extra.FIDMetric", "init_args": {"weights": str(fid_file)}},
     }
     path = tmp_path / "metrics.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -302,7 +303,7 @@ def test_extra_metrics_run_and_missing_weights_are_reported(trained, tmp_path, s
     out = json.loads((run / "results.json").read_text())
     portrait = out["sets"]["portrait"]
     for method in ("headsup", "bicubic"):
-        expected = {"psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "seam", "lpips", "niqe", "deg", "lmd"}
+        expected = {"psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "seam", "lpips", "niqe", "deg", "lmd", "fid"}
         assert expected <= set(portrait[method])
         assert -1 <= portrait[method]["deg"] <= 1 and portrait[method]["lpips"] >= 0
     assert set(out["sets"]["real"]["headsup"]) == {"niqe"}  # LQ-only: no-reference metrics only

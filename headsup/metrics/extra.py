@@ -10,6 +10,7 @@ to put the file) instead of stopping the sweep. No-reference metrics also score 
   MANIQA, CLIPIQA; full-reference DISTS.
 - `IdentityCosine` ("Deg"): cosine of InceptionResnetV1 embeddings of SR and HQ faces aligned at
   the HQ landmarks; `ReferenceIdentityCosine` the same against the person's reference photo.
+- `FIDMetric`: FID of SR against the set's HQ (standard FID Inception from a local file).
 - `LandmarkDistance` ("LMD"): mean distance (px) between MTCNN landmarks found on the SR face and
   the HQ landmarks; faces MTCNN misses on SR are left out.
 """
@@ -53,6 +54,13 @@ class ExtraMetric(nn.Module):
 
     def scores(self, sr: torch.Tensor, hq: torch.Tensor | None, batch: dict) -> torch.Tensor:
         raise NotImplementedError
+
+    def make(self) -> Metric:
+        """A fresh accumulator for one set and method (default: mean of `scores`)."""
+        return MeanScore()
+
+    def update(self, metric: Metric, sr: torch.Tensor, hq: torch.Tensor | None, batch: dict) -> None:
+        metric.update(self.scores(sr, hq, batch))
 
 
 def _missing(path: str | None, what: str) -> str | None:
@@ -190,3 +198,35 @@ class ReferenceIdentityCosine(IdentityCosine):
         ref = batch["reference"][idx]
         ref_points = template(ref.shape[-1], ref.device)[None].expand(len(idx), -1, -1)
         return (self.net(sr[idx], batch["face_landmarks"][idx, 0]) * self.net(ref, ref_points)).sum(1)
+
+
+class FIDMetric(ExtraMetric):
+    """FID between a set's SR outputs and its HQ images (lower is better): torchmetrics'
+    FrechetInceptionDistance with the standard FID Inception (torch-fidelity) from a local file.
+    FID over a few images is not comparable with the literature's (thousands); results.json
+    records the image count next to it.
+
+    Args:
+        weights: Local `weights-inception-2015-12-05-6726825d.pth` (torch-fidelity's FID Inception).
+    """
+
+    def __init__(self, weights: str | None = None) -> None:
+        super().__init__()
+        self.unavailable = _missing(weights, "fid (FID Inception)")
+        self.weights = weights
+        self.feature = None
+        if self.unavailable is None:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+
+            self.feature = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                              feature_extractor_weights_path=weights)
+            self.feature.requires_grad_(False)
+
+    def make(self) -> Metric:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        return FrechetInceptionDistance(feature=self.feature)
+
+    def update(self, metric, sr, hq, batch) -> None:  # the FID Inception takes 8-bit images
+        metric.update((hq.clamp(0, 1) * 255).round().to(torch.uint8), real=True)
+        metric.update((sr.clamp(0, 1) * 255).round().to(torch.uint8), real=False)

@@ -134,7 +134,7 @@ def pretrain_tiny_backbone(
 def write_tiny_weights(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     """Randomly initialised stand-ins for the weight files real runs load, for tests and tiny runs
     on a machine without them: LPIPS (VGG16 features + linear layers), facenet InceptionResnetV1,
-    and timm's `test_resnet` discriminator backbone. They exercise the loading and training code;
+    timm's `test_resnet` discriminator backbone and the FID Inception. They exercise the loading and training code;
     losses computed with them mean nothing perceptually."""
     import timm
     from facenet_pytorch import InceptionResnetV1
@@ -144,7 +144,8 @@ def write_tiny_weights(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / file for name, file in (
         ("vgg", "vgg16_features_random.pth"), ("lpips", "lpips_lins_random.pth"),
-        ("facenet", "facenet_random.pt"), ("test_resnet", "test_resnet_random.pth"))}
+        ("facenet", "facenet_random.pt"), ("test_resnet", "test_resnet_random.pth"),
+        ("fid_inception", "fid_inception_random.pth"))}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if not paths["vgg"].exists():
@@ -157,4 +158,18 @@ def write_tiny_weights(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
             torch.save(InceptionResnetV1(pretrained=None).state_dict(), paths["facenet"])
         if not paths["test_resnet"].exists():
             torch.save(timm.create_model("test_resnet").state_dict(), paths["test_resnet"])
+        if not paths["fid_inception"].exists():
+            torch.save(_random_fid_inception(), paths["fid_inception"])
     return paths
+
+
+def _random_fid_inception() -> dict:
+    """State dict of torch-fidelity's FID Inception with random weights (built without its download)."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fx
+
+    with mock.patch.object(fx, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(fx.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):
+        net = fx.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    return net.state_dict()
