@@ -199,6 +199,8 @@ class SRSystem(L.LightningModule):
                         for n, m in self.eval_metrics.items()},
             "unavailable": {n: m.unavailable for n, m in self.eval_metrics.items() if m.unavailable},
             "seam": "band 2% of the aligned face square around its border (5% margin), vs rings 2-6%",
+            **({"fid_reference": "each set's own HQ images (as many as its 'images')"}
+               if any(type(m).__name__ == "FIDMetric" for m in self.eval_metrics.values()) else {}),
         }
 
     def _seam(self, key: str) -> SeamScore:
