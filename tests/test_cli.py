@@ -309,3 +309,21 @@ def test_extra_metrics_run_and_missing_weights_are_reported(trained, tmp_path, s
     assert set(out["sets"]["real"]["headsup"]) == {"niqe"}  # LQ-only: no-reference metrics only
     assert "musiq.pth" in out["settings"]["unavailable"]["musiq"]
     assert "musiq" not in portrait["headsup"]
+
+
+def test_predict_colour_fix_options(trained, tmp_path, samples_dir):
+    tmp, config, _ = trained
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    means = {}
+    for method in ("none", "adain", "wavelet"):
+        out = tmp_path / method
+        assert main(["predict", "--config", str(config), "--ckpt_path", ckpt, "--data.predict_input",
+                     str(samples_dir / "predict" / "astronaut.png"), "--writer.output_dir", str(out),
+                     "--writer.color_fix", method]) == 0
+        means[method] = np.asarray(Image.open(out / "astronaut.png")).reshape(-1, 3).mean(0)
+    lq = np.asarray(Image.open(samples_dir / "predict" / "astronaut.png").convert("RGB")).reshape(-1, 3).mean(0)
+    off = {m: np.abs(v - lq).max() for m, v in means.items()}  # channel-mean error in 8-bit levels
+    assert off["adain"] < 5 and off["wavelet"] < 5 and off["adain"] < off["none"] and off["wavelet"] < off["none"]
+    with pytest.raises(SystemExit):  # a misspelt option stops at parsing, naming the key
+        main(["predict", "--config", str(config), "--ckpt_path", ckpt, "--data.predict_input",
+              str(samples_dir / "predict"), "--writer.output_dir", str(tmp_path / "x"), "--writer.color_fix", "sepia"])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
 from headsup.data.io import save_image
+from headsup.inference.colorfix import color_fix
 
 
 class PredictWriter(BasePredictionWriter):
@@ -20,6 +22,8 @@ class PredictWriter(BasePredictionWriter):
         suffix: Text appended to each output file stem.
         overwrite: Replace outputs that already exist.
         quality: JPEG/WebP quality.
+        color_fix: Colour correction towards the input: "adain" (channel mean/std of the input, the
+            OSEDiff default), "wavelet" (the input's low frequencies under the SR's detail) or "none".
     """
 
     def __init__(
@@ -29,6 +33,7 @@ class PredictWriter(BasePredictionWriter):
         suffix: str = "",
         overwrite: bool = False,
         quality: int = 95,
+        color_fix: Literal["adain", "wavelet", "none"] = "adain",
     ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
@@ -36,6 +41,9 @@ class PredictWriter(BasePredictionWriter):
         self.suffix = suffix
         self.overwrite = overwrite
         self.quality = quality
+        if color_fix not in ("adain", "wavelet", "none"):
+            raise ValueError(f"--writer.color_fix must be adain, wavelet or none, got '{color_fix}'")
+        self.color_fix = color_fix
         self.written: list[Path] = []
         self.skipped: list[Path] = []
         self.failed: list[str] = []
@@ -59,7 +67,8 @@ class PredictWriter(BasePredictionWriter):
             self.skipped.append(out)
             return
         alpha = prediction["alpha"][0] if prediction["alpha"] is not None else None
-        save_image(out, prediction["sr"][0], alpha=alpha, grayscale=prediction["grayscale"],
+        sr = color_fix(prediction["sr"], batch["lq"].to(prediction["sr"]), self.color_fix)  # RGB only
+        save_image(out, sr[0], alpha=alpha, grayscale=prediction["grayscale"],
                    bit_depth=prediction["bit_depth"], quality=self.quality)
         self.written.append(out)
 

@@ -1,0 +1,59 @@
+"""Colour correction of SR outputs towards the (upsampled) input, as StableSR/OSEDiff users apply.
+
+- AdaIN: per-channel mean and standard deviation of the SR are replaced by those of the
+  reference (the bicubic-upsampled LQ): a global colour and contrast match.
+- Wavelet: the SR's low-frequency part is replaced by the reference's. Both images are
+  split with an a-trous (dilated) Haar-like blur pyramid of `levels` levels (3x3 binomial
+  kernel, dilations 1, 2, 4, ...); the output is the SR's high frequencies plus the
+  reference's residual low frequencies: local colour follows the input, detail follows the SR.
+
+Both work on RGB in [0, 1] only (alpha is handled separately by the callers).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def adain(sr: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Match each channel's mean/std of `sr` (B, 3, H, W) to `reference` (B, 3, h, w, any size)."""
+    mu_s, std_s = sr.mean((2, 3), keepdim=True), sr.std((2, 3), keepdim=True)
+    mu_r, std_r = reference.mean((2, 3), keepdim=True), reference.std((2, 3), keepdim=True)
+    return ((sr - mu_s) / (std_s + eps) * std_r + mu_r).clamp(0, 1)
+
+
+def _blur(x: torch.Tensor, dilation: int) -> torch.Tensor:
+    k = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
+    kernel = torch.outer(k, k).expand(x.shape[1], 1, 3, 3)
+    pad = dilation
+    mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
+    return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode=mode), kernel, dilation=dilation, groups=x.shape[1])
+
+
+def wavelet_split(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low): `low` after `levels` dilated blurs, `high = x - low`."""
+    low = x
+    for level in range(levels):
+        low = _blur(low, 2**level)
+    return x - low, low
+
+
+def wavelet(sr: torch.Tensor, reference: torch.Tensor, levels: int = 5) -> torch.Tensor:
+    """SR detail on the reference's low frequencies; `reference` is resized to the SR's size."""
+    if reference.shape[-2:] != sr.shape[-2:]:
+        reference = F.interpolate(reference, size=sr.shape[-2:], mode="bicubic", align_corners=False)
+    high, _ = wavelet_split(sr, levels)
+    _, low = wavelet_split(reference, levels)
+    return (high + low).clamp(0, 1)
+
+
+def color_fix(sr: torch.Tensor, lq: torch.Tensor, method: str = "wavelet") -> torch.Tensor:
+    """Apply `method` ("wavelet", "adain" or "none") with the LQ input as the colour reference."""
+    if method == "none":
+        return sr
+    if method == "adain":
+        return adain(sr, lq)
+    if method == "wavelet":
+        return wavelet(sr, lq)
+    raise ValueError(f"unknown colour fix '{method}' (wavelet, adain or none)")
