@@ -37,14 +37,19 @@ class HeadsupCLI(LightningCLI):
         parser.add_lightning_class_args(ResultsWriter, "results")
         parser.add_lightning_class_args(PredictWriter, "writer")
 
+    # Inference-time choices of a run, not properties of the trained model.
+    RUN_KEYS = ("model.metrics", "model.generator.init_args.latent_tile", "model.generator.init_args.latent_overlap",
+                "model.generator.init_args.tile_batch", "model.generator.init_args.vae_tiling")
+
     def _parse_ckpt_path(self) -> None:
         # With --ckpt_path, Lightning replaces the model section by the checkpoint's; evaluation
-        # metrics are a choice of the test run, not of the trained model: keep the given ones.
+        # metrics and tiling come from this run's config and command line instead.
         sub = self.config.get("subcommand")
-        metrics = self.config.get(f"{sub}.model.metrics") if sub else None
+        kept = {k: self.config.get(f"{sub}.{k}") for k in self.RUN_KEYS} if sub else {}
         super()._parse_ckpt_path()
-        if sub and metrics is not None:
-            self.config[f"{sub}.model.metrics"] = metrics
+        for key, value in kept.items():
+            if value is not None:
+                self.config[f"{sub}.{key}"] = value
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> HeadsupCLI:

@@ -327,3 +327,19 @@ def test_predict_colour_fix_options(trained, tmp_path, samples_dir):
     with pytest.raises(SystemExit):  # a misspelt option stops at parsing, naming the key
         main(["predict", "--config", str(config), "--ckpt_path", ckpt, "--data.predict_input",
               str(samples_dir / "predict"), "--writer.output_dir", str(tmp_path / "x"), "--writer.color_fix", "sepia"])
+
+
+def test_predict_tiling_options_apply_with_a_checkpoint(trained, tmp_path, samples_dir):
+    tmp, config, _ = trained
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    outputs = {}
+    for name, extra in (("whole", []), ("tiled", ["--model.generator.init_args.latent_tile", "48",
+                                                  "--model.generator.init_args.vae_tiling", "true"])):
+        out = tmp_path / name
+        assert main(["predict", "--config", str(config), "--ckpt_path", ckpt, "--data.predict_input",
+                     str(samples_dir / "predict" / "camera.png"), "--writer.output_dir", str(out),
+                     "--writer.color_fix", "none"] + extra) == 0
+        outputs[name] = np.asarray(Image.open(out / "camera.png")).astype(np.float64)
+    assert outputs["whole"].shape == outputs["tiled"].shape == (512, 512)  # 128 px grayscale input, x4
+    diff = np.abs(outputs["whole"] - outputs["tiled"])
+    assert 0 < diff.mean() < 20  # the tiled run was used, and it is the same image

@@ -50,3 +50,26 @@ def test_tiled_unet_approaches_untiled_as_overlap_grows():
         errors = [float((tiled_apply(gen.denoise, z, tile=t, overlap=o) - whole).abs().mean() / whole.abs().mean())
                   for t, o in ((64, 4), (64, 32), (80, 40))]
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.2
+
+
+def test_generator_tiles_at_inference_only_and_keeps_the_exact_size():
+    torch.manual_seed(0)
+    gen = OneStepSR(TinySD(), latent_tile=32, latent_overlap=8, vae_tiling=True).eval()
+    lq = torch.rand(1, 3, 21, 35)  # odd size, a 84 x 140 latent: several tiles
+    calls = []
+    denoise = gen.denoise
+    gen.denoise = lambda z, extra=None: calls.append(z.shape) or denoise(z, extra)
+    with torch.no_grad():
+        tiled = gen(lq)
+        assert tiled.shape == (1, 3, 84, 140) and all(c[-2:] == (32, 32) for c in calls) and len(calls) > 1
+        gen.latent_tile = None
+        calls.clear()
+        whole = gen(lq)
+        assert len(calls) == 1 and not torch.equal(tiled, whole)
+        assert (tiled - whole).abs().mean() < 0.1  # same image up to the tiles' differences
+    assert not gen.vae.use_tiling  # VAE tiling is switched off again after the call
+    gen.latent_tile = 32
+    gen.train()
+    calls.clear()
+    gen(lq).mean().backward()  # training never tiles
+    assert len(calls) == 1

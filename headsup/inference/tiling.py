@@ -9,8 +9,9 @@ tiled at all. The VAE encoder and decoder can be tiled by diffusers' own `enable
 
 Not yet a drop-in for the untiled model: GroupNorm statistics and attention see only the
 tile, so on the tiny random UNet the tiled clean latent differs from the untiled one by 14-25%
-of its mean magnitude (less with more overlap). Wiring into `predict`, global normalisation
-statistics and the seam check at tile borders are issue 7's remaining work.
+of its mean magnitude (less with more overlap). `OneStepSR(latent_tile=..., vae_tiling=...)`
+uses it at inference; global normalisation statistics (a tight tiled == untiled match), an
+automatic memory budget and the seam check at tile borders are issue 7's remaining work.
 """
 
 from __future__ import annotations

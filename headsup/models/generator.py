@@ -58,6 +58,11 @@ class OneStepSR(nn.Module):
         sample_latent: Sample from the encoder's posterior in training instead of taking its mean.
         reference: Condition on a reference face and the face mask (conv_in widened, zero-initialised).
         reference_dropout: Probability of dropping the reference of a training sample.
+        latent_tile: At inference, run the UNet on overlapping latent tiles of this side when the
+            latent is larger (None: never; see `headsup.inference.tiling`).
+        latent_overlap: Latent pixels shared by neighbouring tiles.
+        tile_batch: Tiles per UNet call.
+        vae_tiling: At inference, encode/decode large images in tiles (diffusers' VAE tiling).
     """
 
     def __init__(
@@ -71,6 +76,10 @@ class OneStepSR(nn.Module):
         sample_latent: bool = False,
         reference: bool = False,
         reference_dropout: float = 0.2,
+        latent_tile: int | None = None,
+        latent_overlap: int = 32,
+        tile_batch: int = 4,
+        vae_tiling: bool = False,
     ) -> None:
         super().__init__()
         parts = backbone.build()
@@ -92,6 +101,8 @@ class OneStepSR(nn.Module):
             raise ValueError(f"reference_dropout must be within [0, 1], got {reference_dropout}")
         self.reference = reference
         self.reference_dropout = reference_dropout
+        self.latent_tile, self.latent_overlap, self.tile_batch = latent_tile, latent_overlap, tile_batch
+        self.vae_tiling = vae_tiling
         self.latent_channels = int(self.unet.config.in_channels)
         self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         if reference:
@@ -201,10 +212,25 @@ class OneStepSR(nn.Module):
         """Full pass keeping the latent (what objectives such as VSD need). The reference
         arguments (see `conditioning`) are used by a `reference=True` generator, else ignored."""
         out_h, out_w = lq.shape[-2] * self.scale, lq.shape[-1] * self.scale
-        z = self.encode(lq)
-        extra = self.conditioning(z, reference, landmarks, face_mask, has_reference) if self.reference else None
-        z0 = self.denoise(z, extra)
-        image = self.decode(z0)[..., :out_h, :out_w]
+        tiled = not self.training and not torch.is_grad_enabled()
+        if tiled and self.vae_tiling:
+            self.vae.enable_tiling()
+        try:
+            z = self.encode(lq)
+            extra = self.conditioning(z, reference, landmarks, face_mask, has_reference) if self.reference else None
+            if tiled and self.latent_tile is not None:
+                from headsup.inference.tiling import tiled_apply
+
+                c = z.shape[1]
+                joined = z if extra is None else torch.cat([z, extra.to(z.dtype)], dim=1)
+                z0 = tiled_apply(lambda t: self.denoise(t[:, :c], t[:, c:] if extra is not None else None), joined,
+                                 self.latent_tile, self.latent_overlap, self.tile_batch)
+            else:
+                z0 = self.denoise(z, extra)
+            image = self.decode(z0)[..., :out_h, :out_w]
+        finally:
+            if tiled and self.vae_tiling:
+                self.vae.disable_tiling()
         return SROutput(image=image, latent=z0)
 
     def forward(self, lq: torch.Tensor, **conditioning) -> torch.Tensor:
