@@ -39,7 +39,8 @@ class HeadsupCLI(LightningCLI):
 
     # Inference-time choices of a run, not properties of the trained model.
     RUN_KEYS = ("model.metrics", "model.generator.init_args.latent_tile", "model.generator.init_args.latent_overlap",
-                "model.generator.init_args.tile_batch", "model.generator.init_args.vae_tiling")
+                "model.generator.init_args.tile_batch", "model.generator.init_args.vae_tiling",
+                "model.generator.init_args.merge_lora")
 
     def _parse_ckpt_path(self) -> None:
         # With --ckpt_path, Lightning replaces the model section by the checkpoint's; evaluation

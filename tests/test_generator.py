@@ -125,3 +125,26 @@ def test_sd_turbo_layout_with_euler_scheduler(tmp_path):
     loaded = DiffusersFolder(str(tmp_path)).build()
     assert torch.allclose(loaded.alphas_cumprod, DDPMScheduler(**SD_SCHEDULER).alphas_cumprod)
     assert loaded.prediction_type == "epsilon"
+
+
+def test_merged_lora_equals_unmerged_and_unmerges_for_training():
+    torch.manual_seed(0)
+    gen = OneStepSR(TinySD(), merge_lora=True)
+    with torch.no_grad():  # give the adapters non-zero updates
+        for name, p in gen.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    lq = torch.rand(1, 3, 8, 8)
+    gen.eval()
+    gen.merge_lora = False
+    with torch.no_grad():
+        unmerged = gen(lq)
+        gen.merge_lora = True
+        merged = gen(lq)
+    assert gen._merged and torch.allclose(merged, unmerged, atol=1e-4)
+    gen.train()
+    assert not gen._merged
+    with torch.no_grad():
+        gen.eval()
+        gen.merge_lora = False
+        assert torch.allclose(gen(lq), unmerged, atol=1e-5)  # base weights are back as they were

@@ -63,6 +63,8 @@ class OneStepSR(nn.Module):
         latent_overlap: Latent pixels shared by neighbouring tiles.
         tile_batch: Tiles per UNet call.
         vae_tiling: At inference, encode/decode large images in tiles (diffusers' VAE tiling).
+        merge_lora: At inference, fold the LoRA updates into the base weights (one matmul per
+            layer instead of three); unfolded again when training resumes.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class OneStepSR(nn.Module):
         latent_overlap: int = 32,
         tile_batch: int = 4,
         vae_tiling: bool = False,
+        merge_lora: bool = False,
     ) -> None:
         super().__init__()
         parts = backbone.build()
@@ -103,6 +106,8 @@ class OneStepSR(nn.Module):
         self.reference_dropout = reference_dropout
         self.latent_tile, self.latent_overlap, self.tile_batch = latent_tile, latent_overlap, tile_batch
         self.vae_tiling = vae_tiling
+        self.merge_lora = merge_lora
+        self._merged = False
         self.latent_channels = int(self.unet.config.in_channels)
         self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         if reference:
@@ -124,7 +129,20 @@ class OneStepSR(nn.Module):
     def train(self, mode: bool = True) -> OneStepSR:
         super().train(mode)
         self.vae.decoder.eval()
+        if mode and getattr(self, "_merged", False):
+            self.set_lora_merged(False)
         return self
+
+    def set_lora_merged(self, merged: bool) -> None:
+        """Fold the LoRA updates into (or back out of) the base weights of every adapted layer."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if merged == self._merged:
+            return
+        for module in self.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.merge() if merged else module.unmerge()
+        self._merged = merged
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         h, w = x.shape[-2:]
@@ -213,6 +231,8 @@ class OneStepSR(nn.Module):
         arguments (see `conditioning`) are used by a `reference=True` generator, else ignored."""
         out_h, out_w = lq.shape[-2] * self.scale, lq.shape[-1] * self.scale
         tiled = not self.training and not torch.is_grad_enabled()
+        if tiled and self.merge_lora:
+            self.set_lora_merged(True)
         if tiled and self.vae_tiling:
             self.vae.enable_tiling()
         try:
