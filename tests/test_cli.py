@@ -343,3 +343,15 @@ def test_predict_tiling_options_apply_with_a_checkpoint(trained, tmp_path, sampl
     assert outputs["whole"].shape == outputs["tiled"].shape == (512, 512)  # 128 px grayscale input, x4
     diff = np.abs(outputs["whole"] - outputs["tiled"])
     assert 0 < diff.mean() < 20  # the tiled run was used, and it is the same image
+
+
+def test_predict_outscale_gives_any_output_size(trained, tmp_path, samples_dir):
+    tmp, config, _ = trained
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    out = tmp_path / "out"
+    assert main(["predict", "--config", str(config), "--ckpt_path", ckpt, "--data.predict_input",
+                 str(samples_dir / "predict"), "--writer.output_dir", str(out), "--writer.outscale", "2.5"]) == 0
+    for name in ("astronaut", "camera", "logo"):
+        src = Image.open(samples_dir / "predict" / f"{name}.png")
+        res = Image.open(out / f"{name}.png")
+        assert res.size == (round(src.width * 2.5), round(src.height * 2.5)) and res.mode == src.mode

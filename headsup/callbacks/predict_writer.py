@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import torch.nn.functional as F
+
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -24,6 +26,9 @@ class PredictWriter(BasePredictionWriter):
         quality: JPEG/WebP quality.
         color_fix: Colour correction towards the input: "adain" (channel mean/std of the input, the
             OSEDiff default), "wavelet" (the input's low frequencies under the SR's detail) or "none".
+        outscale: Final size as a multiple of the input (like Real-ESRGAN's --outscale): the model's
+            output is resized (bicubic, antialiased) to round(input size x outscale); None keeps the
+            model's scale.
     """
 
     def __init__(
@@ -34,6 +39,7 @@ class PredictWriter(BasePredictionWriter):
         overwrite: bool = False,
         quality: int = 95,
         color_fix: Literal["adain", "wavelet", "none"] = "adain",
+        outscale: float | None = None,
     ) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = output_dir
@@ -44,6 +50,9 @@ class PredictWriter(BasePredictionWriter):
         if color_fix not in ("adain", "wavelet", "none"):
             raise ValueError(f"--writer.color_fix must be adain, wavelet or none, got '{color_fix}'")
         self.color_fix = color_fix
+        if outscale is not None and outscale <= 0:
+            raise ValueError(f"--writer.outscale must be positive, got {outscale}")
+        self.outscale = outscale
         self.written: list[Path] = []
         self.skipped: list[Path] = []
         self.failed: list[str] = []
@@ -68,6 +77,14 @@ class PredictWriter(BasePredictionWriter):
             return
         alpha = prediction["alpha"][0] if prediction["alpha"] is not None else None
         sr = color_fix(prediction["sr"], batch["lq"].to(prediction["sr"]), self.color_fix)  # RGB only
+        if self.outscale is not None:
+            h, w = batch["lq"].shape[-2:]
+            size = (max(1, round(h * self.outscale)), max(1, round(w * self.outscale)))
+            if size != tuple(sr.shape[-2:]):
+                sr = F.interpolate(sr, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+                if alpha is not None:
+                    alpha = F.interpolate(alpha[None], size=size, mode="bicubic", antialias=True,
+                                          align_corners=False)[0].clamp(0, 1)
         save_image(out, sr[0], alpha=alpha, grayscale=prediction["grayscale"],
                    bit_depth=prediction["bit_depth"], quality=self.quality)
         self.written.append(out)
