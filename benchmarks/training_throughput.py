@@ -30,19 +30,12 @@ FULL = ROOT / "configs" / "experiments" / "tiny_headsup.yaml"
 
 def _prepare(work: Path) -> dict:
     """Samples, a tiny portrait set and stand-in weights under `work`."""
-    from headsup.testing.tiny import write_tiny_weights
-    from headsup.tools import main, write_samples
+    from headsup.testing.tiny import prepare_tiny_portrait_set, write_tiny_weights
+    from headsup.tools import write_samples
 
     samples = work / "samples"
     write_samples(samples)
-    root = samples / "portrait"
-    if not (samples / "portrait_set" / "train.jsonl").exists():
-        assert main(["prepare", "faces", str(root), "--workers", "0"]) == 0
-        assert main(["prepare", "references", str(root / "faces.jsonl"), "--from-folders", "--overwrite"]) == 0
-        assert main(["prepare", "portrait-set", str(root / "faces.jsonl"), "--references",
-                     str(root / "references.jsonl"), "--out", str(samples / "portrait_set"), "--min-long-side",
-                     "200", "--min-short-side", "200", "--min-eye-distance", "10", "--test-fraction", "0",
-                     "--overwrite"]) == 0
+    prepare_tiny_portrait_set(samples)
     return {"samples": samples, "weights": write_tiny_weights(work / "weights")}
 
 

@@ -22,16 +22,9 @@ def portrait_set(samples_dir) -> Path:
 
 
 def build_portrait_set_for(samples_dir: Path) -> Path:
-    """The tiny portrait set, built from the samples by the `prepare` steps."""
-    from headsup.tools import main
+    from headsup.testing.tiny import prepare_tiny_portrait_set
 
-    root = samples_dir / "portrait"
-    assert main(["prepare", "faces", str(root), "--workers", "0"]) == 0
-    assert main(["prepare", "references", str(root / "faces.jsonl"), "--from-folders", "--overwrite"]) == 0
-    assert main(["prepare", "portrait-set", str(root / "faces.jsonl"), "--references", str(root / "references.jsonl"),
-                 "--out", str(samples_dir / "portrait_set"), "--min-long-side", "200", "--min-short-side", "200",
-                 "--min-eye-distance", "10", "--test-fraction", "0", "--overwrite"]) == 0
-    return samples_dir / "portrait_set" / "train.jsonl"
+    return prepare_tiny_portrait_set(samples_dir)
 
 
 def tiny_config(tmp_path: Path, samples: Path, backbone: Path, weights: dict, portraits: Path, **trainer) -> Path:

@@ -173,3 +173,26 @@ def _random_fid_inception() -> dict:
             mock.patch.object(fx.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):
         net = fx.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     return net.state_dict()
+
+
+# thresholds that admit the half-size package portraits of `headsup-tools samples`
+TINY_PORTRAIT_FILTER = ["--min-long-side", "200", "--min-short-side", "200", "--min-eye-distance", "10"]
+
+
+def prepare_tiny_portrait_set(samples_dir: str | Path) -> Path:
+    """Run the `headsup-tools prepare` steps (faces, references from folders, portrait-set with
+    relaxed thresholds, no test split) on SAMPLES/portrait; returns SAMPLES/portrait_set/train.jsonl."""
+    from headsup.tools import main
+
+    samples = Path(samples_dir)
+    root, out = samples / "portrait", samples / "portrait_set"
+    steps = [
+        ["prepare", "faces", str(root), "--workers", "0"],
+        ["prepare", "references", str(root / "faces.jsonl"), "--from-folders", "--overwrite"],
+        ["prepare", "portrait-set", str(root / "faces.jsonl"), "--references", str(root / "references.jsonl"),
+         "--out", str(out), "--test-fraction", "0", "--overwrite", *TINY_PORTRAIT_FILTER],
+    ]
+    for args in steps:
+        if main(args) != 0:
+            raise RuntimeError(f"headsup-tools {' '.join(args)} failed")
+    return out / "train.jsonl"
