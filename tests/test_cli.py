@@ -232,13 +232,19 @@ def test_lq_only_set_gets_sr_images_and_a_count(trained, tmp_path):
     assert saved.size == (256, 256)  # x4 of the 64x64 LQ
 
 
-def test_blending_baseline_as_a_method_with_the_seam_score(trained, tmp_path, samples_dir):
+def _test_portrait_manifest(samples_dir, tmp_path):
+    """Faces of the test portraits, in a manifest outside their folder (absolute paths)."""
     from headsup.data.faces import annotate
 
-    tmp, config, _ = trained
-    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
     manifest = annotate(samples_dir / "test" / "portrait", tmp_path / "faces.jsonl", num_workers=0, progress=False)
     manifest.write_text(manifest.read_text().replace('"path":"', f'"path":"{samples_dir}/test/portrait/'))
+    return manifest
+
+
+def test_blending_baseline_as_a_method_with_the_seam_score(trained, tmp_path, samples_dir):
+    tmp, config, _ = trained
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    manifest = _test_portrait_manifest(samples_dir, tmp_path)
     cfg = yaml.safe_load(config.read_text())
     run = tmp_path / "blend"
     cfg["trainer"]["default_root_dir"] = str(run)
@@ -270,12 +276,9 @@ def test_extra_metrics_run_and_missing_weights_are_reported(trained, tmp_path, s
                                                             facenet_file, fid_file):
     import scipy.io
 
-    from headsup.data.faces import annotate
-
     tmp, config, _ = trained
     ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
-    manifest = annotate(samples_dir / "test" / "portrait", tmp_path / "faces.jsonl", num_workers=0, progress=False)
-    manifest.write_text(manifest.read_text().replace('"path":"', f'"path":"{samples_dir}/test/portrait/'))
+    manifest = _test_portrait_manifest(samples_dir, tmp_path)
     niqe = tmp_path / "niqe_params.mat"  # stand-in pristine parameters in pyiqa's file format
     scipy.io.savemat(niqe, {"mu_prisparam": np.zeros((1, 36)), "cov_prisparam": np.eye(36)})
     cfg = yaml.safe_load(config.read_text())
