@@ -198,3 +198,14 @@ def test_evaluation_references_and_identity_against_them(portrait_set, facenet_f
     assert scores.shape == (1,) and -1 <= float(scores[0]) <= 1  # only the image that has a reference
     own = dict(batch, reference=Fc.align_faces(batch["hq"], batch["face_landmarks"][:, 0], 128))
     assert float(metric.scores(batch["hq"], batch["hq"], own)[0]) > 0.95  # its own face as reference
+
+
+def test_no_reference_when_the_main_face_is_cropped_away(portrait_set):
+    spec = DatasetSpec(name="p", manifest=str(portrait_set / "train.jsonl"), kind="portrait")
+    ds = RandomCropDataset(spec, crop_size=64, face_crop_prob=0.0, reference_size=32)  # never holds the face
+    torch.manual_seed(0)
+    items = [ds[0] for _ in range(10)]
+    assert not any(bool(it["face_valid"][0]) for it in items)
+    assert not any(bool(it["has_reference"]) for it in items)  # the reference would land on no face
+    with_face = RandomCropDataset(spec, crop_size=128, face_crop_prob=1.0, reference_size=32)[0]
+    assert with_face["face_valid"][0] and with_face["has_reference"]

@@ -244,7 +244,10 @@ class RandomCropDataset(Dataset):
         item = {"hq": crop.contiguous(), **pad_faces(boxes, landmarks, valid, self.max_faces)}
         if self.references is not None:
             refs = record.get("references") or []
-            item.update(self.references(record, int(torch.randint(len(refs), (1,))) if refs else None))
+            # the reference shows the person of the image's main face (index 0): only when that face
+            # is still in the crop (it is then face slot 0) is the reference used
+            usable = refs and valid.numel() > 0 and bool(valid[0])
+            item.update(self.references(record, int(torch.randint(len(refs), (1,))) if usable else None))
         return item
 
 
