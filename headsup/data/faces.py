@@ -311,13 +311,19 @@ def similarity_transform(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return torch.cat([scale[:, None, None] * rot, trans], dim=2).float()
 
 
+def alignment_matrix(landmarks: torch.Tensor, size: int = 512) -> torch.Tensor:
+    """(B, 2, 3) similarity taking faces with 5 landmarks (B, 5, 2) onto the FFHQ template of a
+    `size` square, in kornia's integer-pixel-centre coordinates (continuous coordinates - 0.5)."""
+    points = template(size, landmarks.device)[None].expand(len(landmarks), -1, -1)
+    return similarity_transform(landmarks - 0.5, points - 0.5)
+
+
 def align_faces(images: torch.Tensor, landmarks: torch.Tensor, size: int = 512) -> torch.Tensor:
     """Warp each image so its face's 5 landmarks land on the FFHQ template; (B, 3, size, size).
 
     images: (B, 3, H, W); landmarks: (B, 5, 2) in pixel coordinates (pixel i covers [i, i+1)).
     """
-    # kornia samples at integer pixel centres: shift continuous coordinates by half a pixel
-    matrix = similarity_transform(landmarks - 0.5, template(size, landmarks.device)[None] - 0.5)
+    matrix = alignment_matrix(landmarks, size)
     import kornia
 
     return kornia.geometry.transform.warp_affine(images, matrix.to(images.dtype), (size, size),

@@ -278,13 +278,11 @@ def warp_reference(reference: torch.Tensor, landmarks: torch.Tensor, height: int
     5 landmarks (B, 5, 2) are given; zeros elsewhere."""
     import kornia
 
-    from headsup.data.faces import similarity_transform, template
+    from headsup.data.faces import alignment_matrix
 
-    size = reference.shape[-1]
     # the exact inverse of the alignment that made the aligned face (a least-squares fit the other
     # way round is a slightly different transform when the landmarks do not fit the template exactly)
-    align = similarity_transform(landmarks - 0.5, template(size, reference.device)[None].expand(len(reference), -1, -1)
-                                 - 0.5)
+    align = alignment_matrix(landmarks, reference.shape[-1])
     matrix = kornia.geometry.transform.invert_affine_transform(align)
     return kornia.geometry.transform.warp_affine(reference, matrix.to(reference.dtype), (height, width),
                                                  mode="bilinear", padding_mode="zeros", align_corners=True)
