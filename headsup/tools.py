@@ -141,7 +141,7 @@ def _cmd_prepare_faces(args: argparse.Namespace) -> int:
 def _cmd_prepare_references(args: argparse.Namespace) -> int:
     from headsup.data import curation
     from headsup.data.faces import read_manifest, write_manifest
-    from headsup.models.identity import load_identity_net
+    from headsup.models.identity import IdentityNet
 
     manifest = Path(args.manifest)
     out = Path(args.out) if args.out else manifest.parent / "references.jsonl"
@@ -153,7 +153,7 @@ def _cmd_prepare_references(args: argparse.Namespace) -> int:
     else:
         if args.weights is None:
             raise ValueError("give --weights (InceptionResnetV1 state dict) or --from-folders")
-        net = load_identity_net(args.weights, args.device or "cpu")
+        net = IdentityNet(args.weights).to(args.device or "cpu")
         identities = curation.cluster_identities(curation.face_embeddings(records, manifest.parent, net),
                                                  args.threshold)
     pairs = curation.reference_pairs(identities)

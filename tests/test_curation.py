@@ -9,7 +9,7 @@ import torch
 
 from headsup.data import curation as C
 from headsup.data.faces import read_manifest
-from headsup.models.identity import load_identity_net
+from headsup.models.identity import IdentityNet, load_identity_net
 
 
 def _record(w, h, eye=80.0, path="x.jpg", faces=True, error=None):
@@ -86,7 +86,7 @@ def test_clustering_links_faces_at_the_cosine_threshold():
 def test_identity_net_from_a_local_state_dict(tmp_path, facenet_file):
     from skimage.data import astronaut
 
-    net = load_identity_net(facenet_file)
+    net = IdentityNet(str(facenet_file))
     from PIL import Image
 
     Image.fromarray(astronaut()).save(tmp_path / "a.png")
@@ -95,6 +95,9 @@ def test_identity_net_from_a_local_state_dict(tmp_path, facenet_file):
     emb = C.face_embeddings([rec, {"path": "none.png", "faces": []}], tmp_path, net)
     assert list(emb) == ["a.png"] and emb["a.png"].shape == (512,)
     assert torch.linalg.norm(emb["a.png"]) == pytest.approx(1.0, abs=1e-5)
+    image = torch.from_numpy(astronaut()).permute(2, 0, 1).float()[None] / 255
+    direct = net(image, torch.tensor(rec["faces"][0]["landmarks"])[None])[0]
+    assert torch.allclose(emb["a.png"], direct, atol=1e-5)  # the same alignment and embedding as the loss uses
     with pytest.raises(FileNotFoundError, match="--weights"):
         load_identity_net(tmp_path / "missing.pt")
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pt")

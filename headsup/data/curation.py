@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from headsup.data.faces import align_faces
+from headsup.models.identity import IdentityNet
 
 
 @dataclass
@@ -124,9 +125,9 @@ def folder_identities(records: list[dict]) -> dict[str, str]:
 
 
 @torch.no_grad()
-def face_embeddings(records: list[dict], root: str | os.PathLike, net: torch.nn.Module, size: int = 160,
+def face_embeddings(records: list[dict], root: str | os.PathLike, net: IdentityNet,
                     batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """Unit-norm embedding of the largest face of each record with a face (aligned crop, 160 px)."""
+    """Unit-norm embedding of the largest face of each record with a face (aligned at `net.size`)."""
     from headsup.data.io import read_image
 
     device = next(net.parameters()).device
@@ -138,9 +139,8 @@ def face_embeddings(records: list[dict], root: str | os.PathLike, net: torch.nn.
         for r in chunk:
             image = read_image(Path(root) / r["path"]).rgb[None]
             landmarks = torch.tensor(r["faces"][0]["landmarks"], dtype=torch.float32)[None]
-            crops.append(align_faces(image, landmarks, size)[0])
-        batch = (torch.stack(crops).to(device) * 255 - 127.5) / 128.0  # facenet's fixed standardisation
-        emb = torch.nn.functional.normalize(net(batch).float(), dim=1).cpu()
+            crops.append(align_faces(image, landmarks, net.size)[0])
+        emb = net.embed_aligned(torch.stack(crops).to(device)).cpu()
         out.update({r["path"]: e for r, e in zip(chunk, emb)})
     return out
 

@@ -54,5 +54,8 @@ class IdentityNet(nn.Module):
         """images: (N, 3, H, W) in [0, 1]; landmarks: (N, 5, 2) in their pixels -> (N, 512)."""
         from headsup.data.faces import align_faces
 
-        faces = align_faces(images.float(), landmarks.float(), self.size)
+        return self.embed_aligned(align_faces(images.float(), landmarks.float(), self.size))
+
+    def embed_aligned(self, faces: torch.Tensor) -> torch.Tensor:
+        """Faces already aligned at `size` (N, 3, size, size) in [0, 1] -> (N, 512) unit vectors."""
         return F.normalize(self.net((faces * 255 - 127.5) / 128.0).float(), dim=1)  # facenet's standardisation
