@@ -61,3 +61,25 @@ def test_shape_mismatch_is_an_error(pair):
     sr, hq = pair
     with pytest.raises(ValueError, match="differ"):
         PSNR().update(sr[..., :-1], hq)
+
+
+def test_agrees_with_pyiqa_when_conventions_match(pair):
+    """pyiqa's `psnr`/`ssim` default to the Y of YIQ, not BT.601 YCbCr (1.3 dB apart on this pair);
+    with `color_space="ycbcr"` PSNR agrees. pyiqa's SSIM also rounds Y to integers (MATLAB's uint8
+    `rgb2ycbcr`), so it equals ours on an 8-bit-rounded luminance image."""
+    import pyiqa  # installed by `make test` (--no-deps); these metrics need no weights
+
+    sr, hq = ((x * 255).round() / 255 for x in pair)  # pyiqa does not quantise its inputs
+    kw = dict(crop_border=4, device="cpu")
+    y_psnr = pyiqa.create_metric("psnr", test_y_channel=True, color_space="ycbcr", **kw)(sr, hq)
+    assert float(y_psnr) == pytest.approx(float(psnr(sr, hq, 4)), abs=1e-4)
+    rgb_psnr = pyiqa.create_metric("psnr", test_y_channel=False, **kw)(sr, hq)
+    assert float(rgb_psnr) == pytest.approx(float(psnr(sr, hq, 4, y_channel=False)), abs=1e-4)
+    rgb_ssim = pyiqa.create_metric("ssimc", **kw)(sr, hq)
+    assert float(rgb_ssim) == pytest.approx(float(ssim(sr, hq, 4, y_channel=False)), abs=1e-4)
+    y_ssim = pyiqa.create_metric("ssim", test_y_channel=True, color_space="ycbcr", **kw)(sr, hq)
+    y_rounded = [torch.from_numpy(_y(x, 4).round())[None, None] / 255 for x in (sr, hq)]
+    assert float(y_ssim) == pytest.approx(float(ssim(*y_rounded, y_channel=False)), abs=1e-4)
+    assert abs(float(y_ssim) - float(ssim(sr, hq, 4))) > 1e-4  # the rounding is a real difference
+    yiq = pyiqa.create_metric("psnr", test_y_channel=True, **kw)(sr, hq)
+    assert abs(float(yiq) - float(y_psnr)) > 0.5  # and pyiqa's default Y is another quantity

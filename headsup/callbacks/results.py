@@ -182,7 +182,7 @@ class ResultsWriter(Callback):
             "settings": {
                 "psnr_ssim": "BasicSR conventions: 8-bit rounding first, Y of ITU-R BT.601 (psnr_y/ssim_y) or "
                 "RGB (psnr_rgb/ssim_rgb), SSIM Gaussian 11x11 sigma 1.5 on the valid region, mean of per-image "
-                "scores",
+                "scores; equals pyiqa's psnr with color_space=ycbcr, not its default (the Y of YIQ)",
                 "crop_border": scale,
                 "scale": scale,
                 "value_range": "[0, 1] floats, compared on 0-255",
