@@ -38,7 +38,7 @@ def main() -> None:
         lq = torch.rand(1, 3, size // 4, size // 4, device=dev)
         for dtype in (torch.float32, torch.bfloat16):
             for merged in (False, True):
-                gen.set_lora_merged(merged)
+                gen.merge_lora = merged
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
                 times = []
@@ -59,7 +59,7 @@ def main() -> None:
                     row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
                 rows.append(row)
                 print(row)
-        gen.set_lora_merged(False)
+        gen.merge_lora = False
     device = (torch.cuda.get_device_name() if dev.type == "cuda"
               else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)")
     print(json.dumps({"results": rows, "device": device, "torch": torch.__version__,

@@ -38,9 +38,9 @@ class HeadsupCLI(LightningCLI):
         parser.add_lightning_class_args(PredictWriter, "writer")
 
     # Inference-time choices of a run, not properties of the trained model.
-    RUN_KEYS = ("model.metrics", "model.generator.init_args.latent_tile", "model.generator.init_args.latent_overlap",
-                "model.generator.init_args.tile_batch", "model.generator.init_args.vae_tiling",
-                "model.generator.init_args.merge_lora")
+    RUN_KEYS = ("model.metrics", *(f"model.generator.init_args.{k}" for k in (
+        "tiling", "tile_size", "tile_overlap", "tile_batch", "norm_passes", "memory_budget_gb", "merge_lora",
+        "lora_scale", "reference_strength")))
 
     def _parse_ckpt_path(self) -> None:
         # With --ckpt_path, Lightning replaces the model section by the checkpoint's; evaluation

@@ -336,8 +336,9 @@ def test_predict_tiling_options_apply_with_a_checkpoint(trained, tmp_path, sampl
     tmp, config, _ = trained
     ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
     outputs = {}
-    for name, extra in (("whole", []), ("tiled", ["--model.generator.init_args.latent_tile", "48",
-                                                  "--model.generator.init_args.vae_tiling", "true"])):
+    for name, extra in (("whole", ["--model.generator.init_args.tiling", "never"]),
+                        ("tiled", ["--model.generator.init_args.tiling", "always",
+                                   "--model.generator.init_args.tile_size", "48"])):
         out = tmp_path / name
         assert main(["predict", "--config", str(config), "--ckpt_path", ckpt, "--data.predict_input",
                      str(samples_dir / "predict" / "camera.png"), "--writer.output_dir", str(out),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headsup.inference.tiling import gaussian_weight, tile_starts, tiled_apply
+from headsup.inference.tiling import gaussian_weight, tile_seam_score, tile_starts, tiled_apply
 from headsup.models.generator import OneStepSR
 from headsup.testing.tiny import TinySD
 
@@ -38,9 +38,68 @@ def test_pointwise_functions_are_exact_and_small_inputs_are_not_tiled():
     assert w.shape == (8, 12) and float(w.min()) > 0 and w[3:5, 5:7].min() == w.max()
 
 
-def test_tiled_unet_approaches_untiled_as_overlap_grows():
-    # GroupNorm statistics and attention see only the tile, so a tiled UNet is not the untiled one;
-    # more overlap and larger tiles bring it closer (a tight match is still open, see the module)
+@pytest.fixture(scope="module")
+def pretrained(tiny_sd_dir):
+    """The pretrained tiny backbone on a real photo: 300 x 244 output, several tiles per stage."""
+    from skimage.data import astronaut
+
+    from headsup.models.backbone import DiffusersFolder
+
+    torch.manual_seed(0)
+    gen = OneStepSR(DiffusersFolder(str(tiny_sd_dir)), tiling="always", tile_size=96, tile_overlap=32).eval()
+    img = torch.from_numpy(astronaut()).permute(2, 0, 1)[None].float() / 255
+    lq = torch.nn.functional.interpolate(img, size=(75, 61), mode="area")
+    with torch.no_grad():
+        gen.tiling = "never"
+        whole = gen(lq)
+    gen.tiling = "always"
+    return gen, lq, whole
+
+
+def _tile_only(gen, stage):
+    should = OneStepSR._should_tile.__get__(gen)
+    gen._should_tile = lambda s, x, f: should(s, x, f) and s == stage
+
+
+@pytest.mark.parametrize("stage, passes, mean_tol, max_tol", [("decode", 4, 1e-3, 5e-3), ("encode", 4, 5e-3, 0.05),
+                                                             ("unet", 2, 0.03, 0.1)])
+def test_tiled_stage_matches_untiled_with_whole_image_norm_statistics(pretrained, stage, passes, mean_tol, max_tol):
+    gen, lq, whole = pretrained
+    _tile_only(gen, stage)
+    errors = {}
+    try:
+        with torch.no_grad():
+            for p in (0, passes):
+                gen.norm_passes = p
+                out = gen(lq)
+                assert gen.last_tiling[stage] is not None and out.shape == whole.shape
+                errors[p] = ((out - whole).abs().mean().item(), (out - whole).abs().max().item())
+    finally:
+        del gen._should_tile
+    # per-tile GroupNorm statistics: a few percent off; whole-image statistics: close to untiled
+    assert errors[0][0] > 0.01
+    assert errors[passes][0] < mean_tol and errors[passes][1] < max_tol, errors
+    assert errors[passes][0] < errors[0][0] / 3
+
+
+def test_no_seam_at_tile_edges(pretrained):
+    gen, lq, whole = pretrained
+    with torch.no_grad():
+        gen.norm_passes = 1
+        tiled = gen(lq)
+    h, w = whole.shape[-2:]
+    rows = sorted({e for v in gen.last_tiling.values() for e in v[0] if e < h})
+    cols = sorted({e for v in gen.last_tiling.values() for e in v[1] if e < w})
+    assert rows and cols
+    assert abs(tile_seam_score(tiled, rows, cols) - tile_seam_score(whole, rows, cols)) < 0.05
+    stepped = whole.clone()
+    stepped[..., cols[0]:] *= 0.95  # a 5% brightness step at one tile edge is a visible seam
+    assert tile_seam_score(stepped, [], cols[:1]) > 0.1
+
+
+def test_tiled_unet_of_random_weights_approaches_untiled_as_overlap_grows():
+    # attention sees only its tile, so even with whole-image norm statistics a tiled UNet is close
+    # to, not equal to, the untiled one; more overlap and larger tiles bring it closer
     torch.manual_seed(0)
     gen = OneStepSR(TinySD()).eval()
     lq = torch.rand(1, 3, 24, 40)
@@ -52,9 +111,22 @@ def test_tiled_unet_approaches_untiled_as_overlap_grows():
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.2
 
 
+def test_scaled_tiles_map_onto_whole_output_pixels():
+    z = torch.randn(1, 2, 40, 56)
+    up = tiled_apply(lambda t: torch.nn.functional.interpolate(t, scale_factor=8, mode="nearest"), z, tile=16,
+                     overlap=8, factor=8)
+    assert torch.allclose(up, torch.nn.functional.interpolate(z, scale_factor=8, mode="nearest"), atol=1e-5)
+    img = torch.randn(1, 2, 320, 448)
+    down = tiled_apply(lambda t: torch.nn.functional.avg_pool2d(t, 8), img, tile=128, overlap=64, factor=1 / 8,
+                       align=8)
+    assert torch.allclose(down, torch.nn.functional.avg_pool2d(img, 8), atol=1e-5)
+    with pytest.raises(ValueError, match="whole pixels"):
+        tiled_apply(lambda t: t[..., ::8, ::8], torch.randn(1, 1, 100, 100), tile=36, overlap=10, factor=1 / 8)
+
+
 def test_generator_tiles_at_inference_only_and_keeps_the_exact_size():
     torch.manual_seed(0)
-    gen = OneStepSR(TinySD(), latent_tile=32, latent_overlap=8, vae_tiling=True).eval()
+    gen = OneStepSR(TinySD(), tiling="always", tile_size=32, tile_overlap=8).eval()
     lq = torch.rand(1, 3, 21, 35)  # odd size, a 84 x 140 latent: several tiles
     calls = []
     denoise = gen.denoise
@@ -62,14 +134,33 @@ def test_generator_tiles_at_inference_only_and_keeps_the_exact_size():
     with torch.no_grad():
         tiled = gen(lq)
         assert tiled.shape == (1, 3, 84, 140) and all(c[-2:] == (32, 32) for c in calls) and len(calls) > 1
-        gen.latent_tile = None
+        assert all(gen.last_tiling[s] is not None for s in ("encode", "unet", "decode"))
+        gen.tiling = "never"
         calls.clear()
         whole = gen(lq)
         assert len(calls) == 1 and not torch.equal(tiled, whole)
-        assert (tiled - whole).abs().mean() < 0.1  # same image up to the tiles' differences
-    assert not gen.vae.use_tiling  # VAE tiling is switched off again after the call
-    gen.latent_tile = 32
+        assert all(v is None for v in gen.last_tiling.values())
+        gen.tiling = "always"
+        small = gen(torch.rand(1, 3, 7, 5))  # smaller than one tile: never tiled
+        assert small.shape == (1, 3, 28, 20) and all(v is None for v in gen.last_tiling.values())
     gen.train()
     calls.clear()
     gen(lq).mean().backward()  # training never tiles
     assert len(calls) == 1
+
+
+def test_auto_tiling_follows_the_memory_budget():
+    gen = OneStepSR(TinySD(), tiling="auto", tile_size=32, tile_overlap=8).eval()
+    lq = torch.rand(1, 3, 21, 35)
+    with torch.no_grad():
+        gen.memory_budget_gb = 1e-4  # 100 KiB: every stage larger than one tile is tiled
+        gen(lq)
+        assert all(gen.last_tiling[s] is not None for s in ("encode", "unet", "decode"))
+        gen.memory_budget_gb = 100.0
+        gen(lq)
+        assert all(v is None for v in gen.last_tiling.values())
+    need = gen.stage_memory("decode", torch.Size([1, 4, 84, 140]), torch.float32)
+    assert need == pytest.approx(2 * gen.stage_memory("decode", torch.Size([1, 4, 42, 140]), torch.float32))
+    assert gen.stage_memory("decode", torch.Size([1, 4, 84, 140]), torch.bfloat16) == pytest.approx(need / 2)
+    with pytest.raises(ValueError, match="tiling"):
+        OneStepSR(TinySD(), tiling="sometimes")

@@ -22,7 +22,9 @@ input size x scale.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,24 @@ from torch import nn
 
 from headsup.models.backbone import BackboneSource
 from headsup.models.lora import UNET_TARGETS, VAE_ENCODER_TARGETS, LoRASpec, add_lora
+
+
+# Peak activation memory of an untiled stage over its largest feature map (first-level channels at
+# full resolution): measured on the CPU for the SD 2.1-base VAE/UNet in fp32 (benchmarks/RESULTS.md,
+# "Memory of the untiled stages"); used by tiling="auto" to decide before running.
+STAGE_PEAK_FACTOR = {"encode": 4.0, "unet": 12.0, "decode": 4.0}
+
+
+def _available_ram() -> float:
+    """MemAvailable of /proc/meminfo in bytes (physical memory where that file is missing)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 @dataclass
@@ -58,13 +78,21 @@ class OneStepSR(nn.Module):
         sample_latent: Sample from the encoder's posterior in training instead of taking its mean.
         reference: Condition on a reference face and the face mask (conv_in widened, zero-initialised).
         reference_dropout: Probability of dropping the reference of a training sample.
-        latent_tile: At inference, run the UNet on overlapping latent tiles of this side when the
-            latent is larger (None: never; see `headsup.inference.tiling`).
-        latent_overlap: Latent pixels shared by neighbouring tiles.
-        tile_batch: Tiles per UNet call.
-        vae_tiling: At inference, encode/decode large images in tiles (diffusers' VAE tiling).
+        tiling: At inference: "auto" tiles a stage (VAE encoder, UNet, VAE decoder) whose
+            estimated activation memory exceeds `memory_budget_gb`, "always" tiles every stage
+            larger than one tile, "never" runs whole images. Training never tiles.
+        tile_size: Tile side in latent pixels (96: 768 px tiles through SD's VAE).
+        tile_overlap: Latent pixels shared by neighbouring tiles.
+        tile_batch: Tiles per network call.
+        norm_passes: Passes that gather whole-image GroupNorm statistics before a tiled stage
+            runs (0: each tile normalises itself; see `headsup.inference.tiling`).
+        memory_budget_gb: Memory one stage may use before "auto" tiles it; None: 90% of the free
+            CUDA memory at call time, or half the available RAM on the CPU.
         merge_lora: At inference, fold the LoRA updates into the base weights (one matmul per
             layer instead of three); unfolded again when training resumes.
+        lora_scale: At inference, the strength of the UNet's LoRA (1: as trained; lower stays
+            closer to the pretrained UNet: the fidelity-generation knob).
+        reference_strength: At inference, the weight of the reference latent (1: as trained; 0: no reference).
     """
 
     def __init__(
@@ -78,11 +106,15 @@ class OneStepSR(nn.Module):
         sample_latent: bool = False,
         reference: bool = False,
         reference_dropout: float = 0.2,
-        latent_tile: int | None = None,
-        latent_overlap: int = 32,
+        tiling: str = "auto",
+        tile_size: int = 96,
+        tile_overlap: int = 32,
         tile_batch: int = 4,
-        vae_tiling: bool = False,
+        norm_passes: int = 2,
+        memory_budget_gb: float | None = None,
         merge_lora: bool = False,
+        lora_scale: float = 1.0,
+        reference_strength: float = 1.0,
     ) -> None:
         super().__init__()
         parts = backbone.build()
@@ -104,10 +136,17 @@ class OneStepSR(nn.Module):
             raise ValueError(f"reference_dropout must be within [0, 1], got {reference_dropout}")
         self.reference = reference
         self.reference_dropout = reference_dropout
-        self.latent_tile, self.latent_overlap, self.tile_batch = latent_tile, latent_overlap, tile_batch
-        self.vae_tiling = vae_tiling
-        self.merge_lora = merge_lora
+        if tiling not in ("auto", "always", "never"):
+            raise ValueError(f"tiling must be 'auto', 'always' or 'never', got '{tiling}'")
+        if not 0 <= tile_overlap < tile_size:
+            raise ValueError(f"tile_overlap must be within [0, tile_size), got {tile_overlap} for {tile_size}")
+        self.tiling, self.tile_size, self.tile_overlap, self.tile_batch = tiling, tile_size, tile_overlap, tile_batch
+        self.norm_passes, self.memory_budget_gb = norm_passes, memory_budget_gb
+        self.merge_lora, self.lora_scale, self.reference_strength = merge_lora, lora_scale, reference_strength
         self._merged = False
+        self._lora_scale_applied = 1.0
+        # per stage of the last inference call: None (untiled) or the tile edges (rows, cols) in output pixels
+        self.last_tiling: dict[str, tuple[list[int], list[int]] | None] = {}
         self.latent_channels = int(self.unet.config.in_channels)
         self.vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         if reference:
@@ -131,7 +170,23 @@ class OneStepSR(nn.Module):
         self.vae.decoder.eval()
         if mode and getattr(self, "_merged", False):
             self.set_lora_merged(False)
+        if mode and getattr(self, "_lora_scale_applied", 1.0) != 1.0:
+            self._set_lora_scale(1.0)
         return self
+
+    def _set_lora_scale(self, scale: float) -> None:
+        """Scale the UNet adapter (unmerged while its scale changes)."""
+        from peft.tuners.lora.layer import LoraLayer
+
+        if scale == self._lora_scale_applied:
+            return
+        merged = self._merged
+        self.set_lora_merged(False)
+        for module in self.unet.modules():
+            if isinstance(module, LoraLayer):
+                module.set_scale("default", scale)
+        self._lora_scale_applied = scale
+        self.set_lora_merged(merged)
 
     def set_lora_merged(self, merged: bool) -> None:
         """Fold the LoRA updates into (or back out of) the base weights of every adapted layer."""
@@ -157,9 +212,14 @@ class OneStepSR(nn.Module):
         """Bicubic-upsample LQ in [0, 1] and encode it to a scaled latent (input padded to the grid)."""
         up = F.interpolate(lq, scale_factor=self.scale, mode="bicubic", align_corners=False) if self.scale != 1 else lq
         up, _, _ = self._pad(up.clamp(0, 1) * 2 - 1)
-        posterior = self.vae.encode(up).latent_dist
-        z = posterior.sample() if (self.training and self.sample_latent) else posterior.mode()
-        return z * self.scaling_factor
+        if self.training and self.sample_latent:
+            return self.vae.encode(up).latent_dist.sample() * self.scaling_factor
+        return self._encode_mode(up) * self.scaling_factor
+
+    def _encode_mode(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior mean of the VAE encoder for x in [-1, 1] (tiled where the settings ask)."""
+        f = self.vae_factor
+        return self._staged("encode", lambda t: self.vae.encode(t).latent_dist.mode(), x, self.vae, Fraction(1, f))
 
     def denoise(self, z: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """One UNet call at `timestep`; returns the clean-latent estimate z0. `extra`: the
@@ -176,8 +236,66 @@ class OneStepSR(nn.Module):
         return pred
 
     def decode(self, z0: torch.Tensor) -> torch.Tensor:
-        """Frozen VAE decoder; scaled latent -> image in [0, 1]."""
-        return ((self.vae.decode(z0 / self.scaling_factor).sample.clamp(-1, 1) + 1) / 2)
+        """Frozen VAE decoder; scaled latent -> image in [0, 1] (tiled where the settings ask)."""
+        x = self._staged("decode", lambda t: self.vae.decode(t).sample, z0 / self.scaling_factor, self.vae,
+                         Fraction(self.vae_factor))
+        return (x.clamp(-1, 1) + 1) / 2
+
+    # ---- tiled inference -------------------------------------------------------------------
+    def _inference(self) -> bool:
+        return not self.training and not torch.is_grad_enabled()
+
+    def stage_memory(self, stage: str, shape: torch.Size, dtype: torch.dtype) -> float:
+        """Estimated peak activation bytes of one untiled stage on an input of `shape`: the
+        largest feature map (first-level channels at the stage's full resolution) times a
+        measured stage factor (`STAGE_PEAK_FACTOR`, see benchmarks/RESULTS.md)."""
+        b, _, h, w = shape
+        if stage == "encode":
+            elements = self.vae.config.block_out_channels[0] * h * w
+        elif stage == "decode":
+            elements = self.vae.config.block_out_channels[0] * h * w * self.vae_factor**2
+        else:
+            elements = self.unet.config.block_out_channels[0] * h * w
+        return STAGE_PEAK_FACTOR[stage] * b * elements * torch.tensor([], dtype=dtype).element_size()
+
+    def _budget(self, device: torch.device) -> float:
+        if self.memory_budget_gb is not None:
+            return self.memory_budget_gb * 2**30
+        if device.type == "cuda":
+            return 0.9 * torch.cuda.mem_get_info(device)[0]
+        return 0.5 * _available_ram()
+
+    def _should_tile(self, stage: str, x: torch.Tensor, factor: Fraction) -> bool:
+        if not self._inference() or self.tiling == "never":
+            return False
+        latent_side = max(x.shape[-2:]) * (factor if stage == "encode" else 1)
+        if latent_side <= self.tile_size:
+            return False  # fits one tile: never tiled
+        if self.tiling == "always":
+            return True
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        return self.stage_memory(stage, x.shape, dtype) > self._budget(x.device)
+
+    def _staged(self, stage: str, fn, x: torch.Tensor, network: nn.Module, factor: Fraction) -> torch.Tensor:
+        """fn(x), or fn over tiles of x when `_should_tile` says so (tile sizes in x's pixels)."""
+        from headsup.inference.tiling import tile_edges, tile_grid, tiled_apply
+
+        tile = self._should_tile(stage, x, factor)
+        per_latent = self.vae_factor if stage == "encode" else 1
+        if self._inference():
+            edges = None
+            if tile:
+                h, w = x.shape[-2:]
+                size, overlap = self.tile_size * per_latent, self.tile_overlap * per_latent
+                ys, xs = tile_grid(h, w, size, overlap, per_latent)
+                to_out = self.vae_factor // per_latent  # input pixels of this stage -> output pixels
+                edges = ([e * to_out for e in tile_edges(ys, min(size, h), h)],
+                         [e * to_out for e in tile_edges(xs, min(size, w), w)])
+            self.last_tiling[stage] = edges
+        if not tile:
+            return fn(x)
+        return tiled_apply(fn, x, self.tile_size * per_latent, self.tile_overlap * per_latent, self.tile_batch,
+                           factor=factor, network=network, norm_passes=self.norm_passes, align=per_latent)
 
     def keep_reference(self, has_reference: torch.Tensor) -> torch.Tensor:
         """Which samples keep their reference: all that have one, less a random
@@ -209,8 +327,10 @@ class OneStepSR(nn.Module):
             if idx.numel():
                 frame = warp_reference(reference[idx].float(), landmarks[idx].float(), h * self.vae_factor,
                                        w * self.vae_factor)
-                posterior = self.vae.encode(frame.to(z.dtype) * 2 - 1).latent_dist
-                z_ref = z_ref.index_copy(0, idx, posterior.mode() * self.scaling_factor)
+                z_idx = self._encode_mode(frame.to(z.dtype) * 2 - 1) * self.scaling_factor
+                if self._inference():
+                    z_idx = z_idx * self.reference_strength
+                z_ref = z_ref.index_copy(0, idx, z_idx)
         if face_mask is None:
             mask = z.new_zeros(b, 1, h, w)
         else:
@@ -230,27 +350,17 @@ class OneStepSR(nn.Module):
         """Full pass keeping the latent (what objectives such as VSD need). The reference
         arguments (see `conditioning`) are used by a `reference=True` generator, else ignored."""
         out_h, out_w = lq.shape[-2] * self.scale, lq.shape[-1] * self.scale
-        tiled = not self.training and not torch.is_grad_enabled()
-        if tiled and self.merge_lora:
-            self.set_lora_merged(True)
-        if tiled and self.vae_tiling:
-            self.vae.enable_tiling()
-        try:
-            z = self.encode(lq)
-            extra = self.conditioning(z, reference, landmarks, face_mask, has_reference) if self.reference else None
-            if tiled and self.latent_tile is not None:
-                from headsup.inference.tiling import tiled_apply
-
-                c = z.shape[1]
-                joined = z if extra is None else torch.cat([z, extra.to(z.dtype)], dim=1)
-                z0 = tiled_apply(lambda t: self.denoise(t[:, :c], t[:, c:] if extra is not None else None), joined,
-                                 self.latent_tile, self.latent_overlap, self.tile_batch)
-            else:
-                z0 = self.denoise(z, extra)
-            image = self.decode(z0)[..., :out_h, :out_w]
-        finally:
-            if tiled and self.vae_tiling:
-                self.vae.disable_tiling()
+        if self._inference():
+            self.last_tiling = {}
+            self._set_lora_scale(self.lora_scale)
+            self.set_lora_merged(self.merge_lora)
+        z = self.encode(lq)
+        extra = self.conditioning(z, reference, landmarks, face_mask, has_reference) if self.reference else None
+        c = z.shape[1]
+        joined = z if extra is None else torch.cat([z, extra.to(z.dtype)], dim=1)
+        z0 = self._staged("unet", lambda t: self.denoise(t[:, :c], t[:, c:] if extra is not None else None), joined,
+                          self.unet, Fraction(1))
+        image = self.decode(z0)[..., :out_h, :out_w]
         return SROutput(image=image, latent=z0)
 
     def forward(self, lq: torch.Tensor, **conditioning) -> torch.Tensor:
