@@ -35,9 +35,11 @@ from headsup.models.lora import UNET_TARGETS, VAE_ENCODER_TARGETS, LoRASpec, add
 
 
 # Peak activation memory of an untiled stage over its largest feature map (first-level channels at
-# full resolution): measured on the CPU for the SD 2.1-base VAE/UNet in fp32 (benchmarks/RESULTS.md,
-# "Memory of the untiled stages"); used by tiling="auto" to decide before running.
-STAGE_PEAK_FACTOR = {"encode": 4.0, "unet": 12.0, "decode": 4.0}
+# full resolution, in the elements of the compute dtype): measured on the CPU for the SD 2.1-base
+# VAE/UNet at 512-1024 px, the larger of fp32 (6.0 / 34 / 7.5) and bf16 autocast (9.0 / 38 / 9.6,
+# higher because GroupNorm computes in fp32), benchmarks/RESULTS.md "Memory of the untiled stages".
+# `tiling: auto` compares factor x map bytes with the budget before running a stage.
+STAGE_PEAK_FACTOR = {"encode": 9.0, "unet": 38.0, "decode": 9.6}
 
 
 def _available_ram() -> float:
