@@ -83,7 +83,8 @@ def main() -> None:
     for stage in ("encode", "unet", "decode"):
         a, b = [r for r in rows if r["stage"] == stage][-2:]
         if a["size"] != b["size"]:
-            growth[stage] = round((b["peak_gib"] - a["peak_gib"]) / (b["largest_map_gib"] - a["largest_map_gib"]), 2)
+            growth[stage] = round((b["peak_gib"] - a["peak_gib"]) / (b["largest_map_gib"] - a["largest_map_gib"]),
+                                  2)
     print("factor (peak growth / largest-map growth):", growth)
     device = (torch.cuda.get_device_name() if dev.type == "cuda"
               else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)")

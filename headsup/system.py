@@ -96,6 +96,7 @@ class SRSystem(L.LightningModule):
         self._face_metrics: dict[str, SeamScore] = {}  # stage/set/method -> seam score (sets with faces)
         self._extra: dict[str, Metric] = {}  # stage/set/method/metric -> configured extra metrics
         self.test_results: dict[str, Any] = {}
+        self._faces = None  # face detection for predict (face-aware generators), built on first use
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -300,13 +301,43 @@ class SRSystem(L.LightningModule):
         if batch.get("error") and batch["error"][0]:
             return {"error": batch["error"][0], "path": batch["path"][0]}
         lq = batch["lq"]
-        sr = self.generator(lq).float()
+        notes = [f"reference unreadable, not used: {batch['reference_error'][0]}"] if batch.get("reference_error",
+                                                                                                 [""])[0] else []
+        cond = {}
+        ref_path = batch.get("reference_path", [""])[0]
+        if getattr(self.generator, "reference", False) or getattr(self.generator, "uses_faces", False):
+            reference = batch.get("reference_image")
+            fields, more = self._predict_faces(lq, self.generator.scale, reference, ref_path)
+            cond, notes = self._conditioning({**batch, **fields}), notes + more
+        elif ref_path:
+            notes.append(f"this model takes no reference: {ref_path} not used")
+        sr = self.generator(lq, **cond).float()
+        if not torch.isfinite(sr).all():  # half precision overflowing (black or NaN output on some GPUs)
+            with torch.autocast(lq.device.type, enabled=False):
+                sr = self.generator(lq.float(), **cond).float()
+            notes.append("non-finite output in reduced precision: computed again in fp32")
         alpha = batch["alpha"]
         if alpha.numel():
             alpha = self._bicubic(alpha.float())
+        tiling = getattr(self.generator, "last_tiling", {})
+        edges = [v for v in tiling.values() if v]
         return {"sr": sr, "alpha": alpha if alpha.numel() else None, "path": batch["path"][0],
                 "relpath": batch["relpath"][0], "grayscale": batch["grayscale"][0],
-                "bit_depth": int(batch["bit_depth"][0])}
+                "bit_depth": int(batch["bit_depth"][0]), "notes": notes,
+                "reference": ref_path if cond.get("has_reference") is not None and bool(cond["has_reference"].any())
+                else "",
+                "tile_edges": (sorted({e for rows, _ in edges for e in rows}), sorted({e for _, cols in edges
+                                                                                      for e in cols}))}
+
+    def _predict_faces(self, lq, scale, reference, name):
+        from headsup.inference.faces import PredictFaces
+
+        if self._faces is None:
+            dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            self._faces = PredictFaces(reference_size=getattr(dm, "reference_size", None) or 512,
+                                       max_faces=getattr(dm, "max_faces", 4))
+        ref = reference if reference is not None and reference.numel() else None
+        return self._faces(lq, scale, ref, name)
 
     # ------------------------------------------------------------------ checkpoints
     def setup(self, stage: str) -> None:

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from headsup.data.io import save_image
 from headsup.inference.colorfix import color_fix
+from headsup.inference.tiling import tile_seam_score
 
 
 class PredictWriter(BasePredictionWriter):
@@ -56,25 +57,52 @@ class PredictWriter(BasePredictionWriter):
         self.written: list[Path] = []
         self.skipped: list[Path] = []
         self.failed: list[str] = []
+        self.notes: list[str] = []  # "input: what could not be used" (no face, unreadable reference, ...)
+        self.referenced: list[Path] = []  # outputs made with a reference photo
+        self.seams: dict[Path, float] = {}  # tiled outputs -> seam score at their tile edges
+
+    def output_path(self, relpath: str | Path) -> Path:
+        rel = Path(relpath)
+        return Path(self.output_dir) / rel.parent / f"{rel.stem}{self.suffix}{self.ext or '.png'}"
+
+    def _exists(self, path: Path, relpath: Path) -> bool:
+        out = self.output_path(relpath)
+        if out.resolve() == Path(path).resolve():
+            raise ValueError(f"output {out} would overwrite its input; choose another --writer.output_dir or suffix")
+        return not self.overwrite and out.exists()
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # inputs whose output exists are not even read (a rerun over a folder resumes)
+        dm = getattr(trainer, "datamodule", None)
+        if stage == "predict" and dm is not None and hasattr(dm, "predict_skip") and self.output_dir is not None:
+            dm.predict_skip = self._exists
 
     def on_predict_start(self, trainer, pl_module) -> None:
         if self.output_dir is None:
             raise ValueError("predict needs an output folder: set --writer.output_dir")
-        self.written, self.skipped, self.failed = [], [], []
+        self.written, self.skipped, self.failed, self.notes, self.referenced, self.seams = [], [], [], [], [], {}
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         if "error" in prediction:
             self.failed.append(prediction["error"])
             rank_zero_warn(f"skipped: {prediction['error']}")
             return
-        rel = Path(prediction["relpath"])
-        ext = self.ext or ".png"
-        out = Path(self.output_dir) / rel.parent / f"{rel.stem}{self.suffix}{ext}"
+        out = self.output_path(prediction["relpath"])
         if out.resolve() == Path(prediction["path"]).resolve():
             raise ValueError(f"output {out} would overwrite its input; choose another --writer.output_dir or suffix")
         if out.exists() and not self.overwrite:
             self.skipped.append(out)
             return
+        for note in prediction.get("notes", []):
+            self.notes.append(f"{prediction['path']}: {note}")
+            rank_zero_warn(self.notes[-1])
+        if prediction.get("reference"):
+            self.referenced.append(out)
+        rows, cols = prediction.get("tile_edges", ([], []))
+        h, w = prediction["sr"].shape[-2:]
+        rows, cols = [r for r in rows if r < h], [c for c in cols if c < w]
+        if rows or cols:  # measured on the model's output, before colour fix and resizing
+            self.seams[out] = tile_seam_score(prediction["sr"], rows, cols)
         alpha = prediction["alpha"][0] if prediction["alpha"] is not None else None
         sr = color_fix(prediction["sr"], batch["lq"].to(prediction["sr"]), self.color_fix)  # RGB only
         if self.outscale is not None:
@@ -90,9 +118,20 @@ class PredictWriter(BasePredictionWriter):
         self.written.append(out)
 
     def on_predict_end(self, trainer, pl_module) -> None:
+        dm = getattr(trainer, "datamodule", None)
+        root = Path(getattr(dm, "predict_input", None) or ".")
+        self.skipped += [self.output_path(Path(p).relative_to(root) if root.is_dir() else Path(p).name)
+                         for p in getattr(dm, "predict_skipped", [])]
         msg = f"predict: {len(self.written)} written to {self.output_dir}"
         if self.skipped:
             msg += f", {len(self.skipped)} already there (kept; --writer.overwrite true to replace)"
+        if self.referenced:
+            msg += f", {len(self.referenced)} with a reference photo"
+        if self.seams:
+            msg += (f", {len(self.seams)} tiled (tile-edge seam score, 0 = none: max "
+                    f"{max(self.seams.values()):.3f})")
         if self.failed:
             msg += f", {len(self.failed)} unreadable:\n  " + "\n  ".join(self.failed)
+        if self.notes:
+            msg += "\nnotes:\n  " + "\n  ".join(self.notes)
         print(msg)

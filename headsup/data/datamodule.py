@@ -55,6 +55,8 @@ class SRDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         seed: Base seed of the training degradation generator (plus the global rank).
         predict_input: Image file or folder to enhance with `predict`.
+        predict_reference: Reference photo for reference-conditioned models in `predict`: one file
+            for every input, or a folder matched to the inputs by relative path and stem.
         sharpen_gt: Real-ESRGAN's USM-sharpened GT for training: LQ is made from the sharpened HQ,
             `hq` becomes the sharpened target of pixel/perceptual losses and `hq_orig` keeps the
             original (for adversarial terms).
@@ -78,6 +80,7 @@ class SRDataModule(L.LightningDataModule):
         num_workers: int = 2,
         seed: int = 0,
         predict_input: str | None = None,
+        predict_reference: str | None = None,
         sharpen_gt: bool = False,
         pool_size: int = 0,
         face_crop_prob: float = 0.5,
@@ -99,6 +102,9 @@ class SRDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.predict_input = predict_input
+        self.predict_reference = predict_reference
+        self.predict_skip = None  # relative input path -> skip it (set by the PredictWriter: output exists)
+        self.predict_skipped: list = []
         self.sharpen_gt = sharpen_gt
         if pool_size and pool_size % batch_size:
             raise ValueError(f"data.pool_size={pool_size} is not a multiple of data.batch_size={batch_size}")
@@ -192,7 +198,9 @@ class SRDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if self.predict_input is None:
             raise ValueError("nothing to predict: set --data.predict_input to an image file or folder")
-        return self._loader(PredictDataset(self.predict_input), 1, False)
+        dataset = PredictDataset(self.predict_input, self.predict_reference, self.predict_skip)
+        self.predict_skipped = dataset.skipped
+        return self._loader(dataset, 1, False)
 
     def _train_generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from glob import escape as glob_escape
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from torch.utils.data import Dataset
 
 from headsup.data import geometry
 from headsup.data.faces import align_faces, box_from_landmarks, template
-from headsup.data.io import ImageReadError, list_images, read_image
+from headsup.data.io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
 from headsup.data.specs import DatasetSpec
 
 
@@ -329,32 +330,65 @@ class EvalDataset(Dataset):
 
 
 class PredictDataset(Dataset):
-    """Input photos for `predict`, each returned whole with what is needed to write it back."""
+    """Input photos for `predict`, each returned whole with what is needed to write it back.
 
-    def __init__(self, root: str) -> None:
+    Args:
+        root: An image file or a folder (searched recursively).
+        reference: Reference photo(s) of the person for reference-conditioned models: one file used
+            for every input, or a folder where an input's reference has the same relative path and
+            stem (any image extension: `refs/alice.jpg` for `photos/alice.png`).
+        skip: Called with each input's path and its path relative to `root`; inputs it returns True
+            for are left out (and listed in `skipped`), e.g. those whose output already exists.
+    """
+
+    def __init__(self, root: str, reference: str | None = None, skip=None) -> None:
         self.root = Path(root)
-        self.files = list_images(root)
-        if not self.files:
+        files = list_images(root)
+        if not files:
             raise FileNotFoundError(f"no images (png, jpg, webp, tif, bmp) found in {root}")
+        self.skipped = [p for p in files if skip is not None and skip(p, self._rel(p))]
+        self.files = [p for p in files if p not in self.skipped]
+        self.reference = Path(reference) if reference else None
+        if self.reference is not None and not self.reference.exists():
+            raise FileNotFoundError(f"--data.predict_reference: {reference} does not exist")
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def _rel(self, path: Path) -> Path:
+        return path.relative_to(self.root) if self.root.is_dir() else Path(path.name)
+
+    def reference_of(self, rel: Path) -> Path | None:
+        """The reference photo of the input at `rel` (relative to the input root), if any."""
+        if self.reference is None or self.reference.is_file():
+            return self.reference
+        stem = self.reference / rel.parent / rel.stem
+        found = [p for p in stem.parent.glob(glob_escape(stem.name) + ".*") if p.suffix.lower() in IMAGE_EXTENSIONS
+                 and p.stem == rel.stem]
+        return sorted(found)[0] if found else None
+
     def __getitem__(self, index: int) -> dict:
         path = self.files[index]
-        rel = path.relative_to(self.root) if self.root.is_dir() else Path(path.name)
+        rel = self._rel(path)
+        ref_path = self.reference_of(rel)
+        item = {"path": str(path), "relpath": str(rel), "reference_path": str(ref_path or ""),
+                "reference_image": torch.empty(0), "reference_error": ""}
+        if ref_path is not None:
+            try:
+                item["reference_image"] = read_image(ref_path).rgb
+            except ImageReadError as err:
+                item["reference_error"] = str(err)
         try:
             image = read_image(path)
         except ImageReadError as err:
             # reported by the writer; the other files are still processed
-            return {"lq": torch.empty(0), "alpha": torch.empty(0), "grayscale": False, "bit_depth": 8,
-                    "path": str(path), "relpath": str(rel), "error": str(err)}
+            return {**item, "lq": torch.empty(0), "alpha": torch.empty(0), "grayscale": False, "bit_depth": 8,
+                    "error": str(err)}
         return {
+            **item,
             "error": "",
             "lq": image.rgb,
             "alpha": image.alpha if image.alpha is not None else torch.empty(0),
             "grayscale": image.grayscale,
             "bit_depth": image.bit_depth,
-            "path": str(path),
-            "relpath": str(rel),
         }
