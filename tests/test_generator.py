@@ -148,3 +148,52 @@ def test_merged_lora_equals_unmerged_and_unmerges_for_training():
         gen.eval()
         gen.merge_lora = False
         assert torch.allclose(gen(lq), unmerged, atol=1e-5)  # base weights are back as they were
+
+
+def test_lora_scale_moves_between_the_pretrained_and_the_trained_unet():
+    torch.manual_seed(0)
+    gen = OneStepSR(TinySD())
+    for name, p in gen.unet.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)  # a trained-looking adapter
+    gen.eval()
+    lq = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        full = gen(lq)
+        gen.unet.disable_adapters()
+        base = gen(lq)
+        gen.unet.enable_adapters()
+        outputs = {}
+        for scale in (0.0, 0.5):
+            gen.lora_scale = scale
+            outputs[scale] = gen(lq)
+        gen.merge_lora = True
+        merged_half = gen(lq)
+    assert torch.allclose(outputs[0.0], base, atol=1e-5)  # 0: the pretrained UNet (trained conv_in kept)
+    assert not torch.allclose(full, base, atol=1e-3)
+    d_half, d_full = (outputs[0.5] - base).abs().mean(), (full - base).abs().mean()
+    assert 0 < d_half < d_full  # in between
+    assert torch.allclose(merged_half, outputs[0.5], atol=1e-4)  # scaling and merging compose
+    gen.merge_lora = False
+    gen.train()  # training always sees the adapter as trained
+    assert gen._lora_scale_applied == 1.0 and not gen._merged
+    with torch.no_grad():
+        gen.eval()
+        gen.lora_scale = 1.0
+        assert torch.allclose(gen(lq), full, atol=1e-5)
+
+
+def test_reference_strength_zero_is_no_reference():
+    torch.manual_seed(0)
+    gen = OneStepSR(TinySD(), reference=True).eval()
+    with torch.no_grad():
+        gen.unet.conv_in.weight[:, gen.latent_channels:] = torch.randn_like(gen.unet.conv_in.weight[:, gen.latent_channels:])
+    lq = torch.rand(1, 3, 16, 16)
+    cond = dict(reference=torch.rand(1, 3, 32, 32), landmarks=torch.tensor([[[20., 25], [44, 25], [32, 35], [22, 48],
+                                                                             [42, 48]]]), face_mask=torch.ones(1, 1, 64, 64))
+    with torch.no_grad():
+        with_ref = gen(lq, **cond)
+        gen.reference_strength = 0.0
+        zero = gen(lq, **cond)
+        without = gen(lq, face_mask=cond["face_mask"])
+    assert torch.equal(zero, without) and not torch.allclose(with_ref, without, atol=1e-4)
