@@ -4,6 +4,8 @@
     headsup-tools tiny-backbone IMAGES OUT
                                        pretrain the tiny SD stand-in, save it as a diffusers folder
     headsup-tools tiny-weights OUT     random stand-ins of LPIPS/facenet/discriminator weight files (tests, tiny runs)
+    headsup-tools enhance INPUT OUTPUT --weights CKPT [--scale 4] [--reference REF]
+                                       enhance a photo or a folder with a trained checkpoint
     headsup-tools prepare faces ROOT   MTCNN boxes/landmarks of every image -> ROOT/faces.jsonl (resumable)
     headsup-tools prepare references MANIFEST --weights facenet.pt | --from-folders
                                        identities and same-person reference pairs -> references.jsonl
@@ -221,6 +223,62 @@ def _add_prepare(sub) -> None:
     p.set_defaults(func=_cmd_prepare_portrait_set)
 
 
+def _cmd_enhance(args: argparse.Namespace) -> int:
+    import lightning as L
+
+    from headsup.callbacks.predict_writer import PredictWriter
+    from headsup.data.datamodule import SRDataModule
+    from headsup.system import SRSystem
+
+    if not Path(args.weights).is_file():
+        raise FileNotFoundError(f"--weights: checkpoint not found: {args.weights}")
+    if not Path(args.input).exists():
+        raise FileNotFoundError(f"input not found: {args.input}")
+    system = SRSystem.load_from_checkpoint(args.weights, map_location="cpu")
+    gen = system.generator
+    for option in ("tiling", "tile_size", "tile_overlap", "tile_batch", "norm_passes", "memory_budget_gb",
+                   "merge_lora", "lora_scale", "reference_strength"):
+        value = getattr(args, option)
+        if value is not None:
+            setattr(gen, option, value)
+    outscale = None if args.scale is None or args.scale == gen.scale else args.scale
+    writer = PredictWriter(output_dir=args.output, ext=args.ext, suffix=args.suffix, overwrite=args.overwrite,
+                           quality=args.quality, color_fix=args.color_fix, outscale=outscale)
+    dm = SRDataModule(predict_input=args.input, predict_reference=args.reference, num_workers=args.workers)
+    trainer = L.Trainer(accelerator=args.device, devices=1, precision=args.precision, logger=False,
+                        callbacks=[writer], enable_model_summary=False)
+    trainer.predict(system, datamodule=dm, return_predictions=False)
+    return 0
+
+
+def _add_enhance(sub) -> None:
+    p = sub.add_parser("enhance", help="enhance a photo or folder with a trained checkpoint (headsup predict, "
+                                       "short form)")
+    p.add_argument("input", help="image file or folder (searched recursively)")
+    p.add_argument("output", help="output folder (the input folder layout is kept)")
+    p.add_argument("--weights", required=True, help="checkpoint written by `headsup fit` (.ckpt)")
+    p.add_argument("--scale", type=float, default=None, help="output size / input size (default: the model's)")
+    p.add_argument("--reference", default=None, help="reference photo, or folder of them matched by name")
+    p.add_argument("--ext", default=None, choices=[".png", ".jpg", ".webp", ".tif"], help="output format (png)")
+    p.add_argument("--suffix", default="", help="appended to each output file stem")
+    p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    p.add_argument("--color-fix", default="adain", choices=["adain", "wavelet", "none"])
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (kept by default)")
+    p.add_argument("--precision", default="32-true", help="Lightning precision: 32-true, bf16-mixed, 16-mixed")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
+    p.add_argument("--tiling", choices=["auto", "always", "never"], default=None)
+    p.add_argument("--tile-size", dest="tile_size", type=int, default=None, help="tile side in latent pixels")
+    p.add_argument("--tile-overlap", dest="tile_overlap", type=int, default=None)
+    p.add_argument("--tile-batch", dest="tile_batch", type=int, default=None)
+    p.add_argument("--norm-passes", dest="norm_passes", type=int, default=None)
+    p.add_argument("--memory-budget-gb", dest="memory_budget_gb", type=float, default=None)
+    p.add_argument("--merge-lora", dest="merge_lora", action="store_const", const=True, default=None)
+    p.add_argument("--lora-scale", dest="lora_scale", type=float, default=None, help="fidelity-generation knob")
+    p.add_argument("--reference-strength", dest="reference_strength", type=float, default=None)
+    p.set_defaults(func=_cmd_enhance)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headsup-tools", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.set_defaults(func=_cmd_tiny_weights)
     _add_prepare(sub)
+    _add_enhance(sub)
     return parser
 
 

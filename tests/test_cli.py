@@ -359,3 +359,20 @@ def test_predict_outscale_gives_any_output_size(trained, tmp_path, samples_dir):
         src = Image.open(samples_dir / "predict" / f"{name}.png")
         res = Image.open(out / f"{name}.png")
         assert res.size == (round(src.width * 2.5), round(src.height * 2.5)) and res.mode == src.mode
+
+
+def test_enhance_tool_is_predict_in_one_line(trained, tmp_path, samples_dir, capsys):
+    from headsup.tools import main as tools
+
+    tmp, _, _ = trained
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    out = tmp_path / "enhanced"
+    src = samples_dir / "predict" / "camera.png"
+    args = ["enhance", str(src), str(out), "--weights", ckpt, "--scale", "2", "--workers", "0", "--tiling", "always",
+            "--tile-size", "48", "--norm-passes", "1"]
+    assert tools(args) == 0
+    assert Image.open(out / "camera.png").size == (256, 256)  # 128 px input, --scale 2 of a x4 model
+    assert "1 written" in capsys.readouterr().out and (out / "camera.png").stat().st_mode & 0o044  # readable
+    assert tools(args) == 0 and "1 already there" in capsys.readouterr().out
+    assert tools(["enhance", str(src), str(out), "--weights", str(tmp_path / "none.ckpt")]) == 2
+    assert "none.ckpt" in capsys.readouterr().err

@@ -60,6 +60,7 @@ class PredictWriter(BasePredictionWriter):
         self.notes: list[str] = []  # "input: what could not be used" (no face, unreadable reference, ...)
         self.referenced: list[Path] = []  # outputs made with a reference photo
         self.seams: dict[Path, float] = {}  # tiled outputs -> seam score at their tile edges
+        self._reported = True
 
     def output_path(self, relpath: str | Path) -> Path:
         rel = Path(relpath)
@@ -73,14 +74,15 @@ class PredictWriter(BasePredictionWriter):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         # inputs whose output exists are not even read (a rerun over a folder resumes)
-        dm = getattr(trainer, "datamodule", None)
-        if stage == "predict" and dm is not None and hasattr(dm, "predict_skip") and self.output_dir is not None:
-            dm.predict_skip = self._exists
-
-    def on_predict_start(self, trainer, pl_module) -> None:
+        if stage != "predict":
+            return
         if self.output_dir is None:
             raise ValueError("predict needs an output folder: set --writer.output_dir")
+        dm = getattr(trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "predict_skip"):
+            dm.predict_skip = self._exists
         self.written, self.skipped, self.failed, self.notes, self.referenced, self.seams = [], [], [], [], [], {}
+        self._reported = False
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         if "error" in prediction:
@@ -118,6 +120,15 @@ class PredictWriter(BasePredictionWriter):
         self.written.append(out)
 
     def on_predict_end(self, trainer, pl_module) -> None:
+        self._report(trainer)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        # with every output already there the predict loop does not run: the summary still comes
+        if stage == "predict" and not self._reported:
+            self._report(trainer)
+
+    def _report(self, trainer) -> None:
+        self._reported = True
         dm = getattr(trainer, "datamodule", None)
         root = Path(getattr(dm, "predict_input", None) or ".")
         self.skipped += [self.output_path(Path(p).relative_to(root) if root.is_dir() else Path(p).name)

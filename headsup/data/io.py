@@ -212,13 +212,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path`.
 
     Readers never see a half-written file, and a failed write leaves the old file in place.
-    The temporary name keeps the suffix, so format-by-extension writers work.
+    The temporary name keeps the suffix, so format-by-extension writers work. The file gets the
+    permissions a plain `open` would give it (mkstemp's are owner-only).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
