@@ -34,7 +34,7 @@ def main() -> None:
     dm = SRDataModule(test_sets=[DatasetSpec(name="portrait", hq=args.set, center_crop=args.crop)], num_workers=0)
     dm.setup("test")
     batches = [dm.on_after_batch_transfer(b, 0) for b in dm.test_dataloader()[0]]
-    rows, trained = [], None
+    rows = []
     with torch.no_grad():
         outputs = {}
         for scale in args.scales:
@@ -42,10 +42,11 @@ def main() -> None:
             outputs[scale] = [gen(b["lq"]) for b in batches]
         trained = outputs.get(1.0) or outputs[args.scales[-1]]
         for scale, srs in outputs.items():
+            hqs = [b["hq"] for b in batches]
             row = {
                 "lora_scale": scale,
-                "psnr_y": round(float(torch.cat([psnr(s, b["hq"], gen.scale) for s, b in zip(srs, batches)]).mean()), 2),
-                "ssim_y": round(float(torch.cat([ssim(s, b["hq"], gen.scale) for s, b in zip(srs, batches)]).mean()), 4),
+                "psnr_y": round(float(torch.cat([psnr(s, h, gen.scale) for s, h in zip(srs, hqs)]).mean()), 2),
+                "ssim_y": round(float(torch.cat([ssim(s, h, gen.scale) for s, h in zip(srs, hqs)]).mean()), 4),
                 "mean_abs_change_vs_1": round(float(torch.stack([(s - t).abs().mean() for s, t in zip(srs, trained)])
                                                     .mean()), 4),
             }

@@ -88,7 +88,8 @@ def main() -> None:
     print("factor (peak growth / largest-map growth):", growth)
     device = (torch.cuda.get_device_name() if dev.type == "cuda"
               else f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)")
-    print(json.dumps({"results": rows, "factor": growth, "device": device, "dtype": args.dtype, "torch": torch.__version__}))
+    print(json.dumps({"results": rows, "factor": growth, "device": device, "dtype": args.dtype,
+                      "torch": torch.__version__}))
 
 
 def gen_factor(stage: str) -> float:

@@ -187,10 +187,11 @@ def test_reference_strength_zero_is_no_reference():
     torch.manual_seed(0)
     gen = OneStepSR(TinySD(), reference=True).eval()
     with torch.no_grad():
-        gen.unet.conv_in.weight[:, gen.latent_channels:] = torch.randn_like(gen.unet.conv_in.weight[:, gen.latent_channels:])
+        extra = gen.unet.conv_in.weight[:, gen.latent_channels:]
+        extra.copy_(torch.randn_like(extra))
     lq = torch.rand(1, 3, 16, 16)
-    cond = dict(reference=torch.rand(1, 3, 32, 32), landmarks=torch.tensor([[[20., 25], [44, 25], [32, 35], [22, 48],
-                                                                             [42, 48]]]), face_mask=torch.ones(1, 1, 64, 64))
+    landmarks = torch.tensor([[[20.0, 25], [44, 25], [32, 35], [22, 48], [42, 48]]])
+    cond = dict(reference=torch.rand(1, 3, 32, 32), landmarks=landmarks, face_mask=torch.ones(1, 1, 64, 64))
     with torch.no_grad():
         with_ref = gen(lq, **cond)
         gen.reference_strength = 0.0
