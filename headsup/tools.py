@@ -237,7 +237,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     system = SRSystem.load_from_checkpoint(args.weights, map_location="cpu")
     gen = system.generator
     for option in ("tiling", "tile_size", "tile_overlap", "tile_batch", "norm_passes", "memory_budget_gb",
-                   "merge_lora", "lora_scale", "reference_strength"):
+                   "merge_lora", "lora_scale", "reference_strength", "channels_last", "compile"):
         value = getattr(args, option)
         if value is not None:
             setattr(gen, option, value)
@@ -276,6 +276,8 @@ def _add_enhance(sub) -> None:
     p.add_argument("--merge-lora", dest="merge_lora", action="store_const", const=True, default=None)
     p.add_argument("--lora-scale", dest="lora_scale", type=float, default=None, help="fidelity-generation knob")
     p.add_argument("--reference-strength", dest="reference_strength", type=float, default=None)
+    p.add_argument("--channels-last", dest="channels_last", action="store_const", const=True, default=None)
+    p.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile UNet and VAE")
     p.set_defaults(func=_cmd_enhance)
 
 

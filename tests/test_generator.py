@@ -198,3 +198,28 @@ def test_reference_strength_zero_is_no_reference():
         zero = gen(lq, **cond)
         without = gen(lq, face_mask=cond["face_mask"])
     assert torch.equal(zero, without) and not torch.allclose(with_ref, without, atol=1e-4)
+
+
+def test_channels_last_gives_the_same_output():
+    torch.manual_seed(0)
+    gen = OneStepSR(TinySD()).eval()
+    lq = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        plain = gen(lq)
+        gen.channels_last = True
+        fast = gen(lq)
+    assert gen.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(fast, plain, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_generator_gives_the_same_output():  # about a minute of inductor compilation on the CPU
+    torch.manual_seed(0)
+    gen = OneStepSR(TinySD()).eval()
+    lq = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        plain = gen(lq)
+        gen.compile = True
+        compiled = gen(lq)
+    assert gen._compiled and torch.allclose(compiled, plain, atol=1e-4)
+    assert all(not k.startswith("_orig_mod") for k in gen.state_dict())  # checkpoints keep their keys
