@@ -164,3 +164,29 @@ def test_auto_tiling_follows_the_memory_budget():
     assert gen.stage_memory("decode", torch.Size([1, 4, 84, 140]), torch.bfloat16) == pytest.approx(need / 2)
     with pytest.raises(ValueError, match="tiling"):
         OneStepSR(TinySD(), tiling="sometimes")
+
+
+def test_norm_statistics_reach_attention_blocks_that_flatten_the_feature_map():
+    # SD's VAE normalises (B, C, h*w) inside its mid-block attention: those statistics are gathered too
+    from diffusers import AutoencoderKL
+
+    from headsup.inference.tiling import SyncGroupNorm
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=[16, 16], down_block_types=["DownEncoderBlock2D"] * 2,
+                        up_block_types=["UpDecoderBlock2D"] * 2, norm_num_groups=4, latent_channels=4,
+                        mid_block_add_attention=True).eval()
+    z = torch.randn(1, 4, 40, 56)
+    gathered = []
+    finish = SyncGroupNorm.finish_pass
+    SyncGroupNorm.finish_pass = lambda self: gathered.append(len(self._sums)) or finish(self)
+    try:
+        with torch.no_grad():
+            whole = vae.decode(z).sample
+            tiled = tiled_apply(lambda t: vae.decode(t).sample, z, tile=24, overlap=12, factor=2, network=vae,
+                                norm_passes=2)
+    finally:
+        SyncGroupNorm.finish_pass = finish
+    calls = sum(isinstance(m, torch.nn.GroupNorm) for m in vae.decoder.modules())
+    assert gathered == [calls, calls]  # every GroupNorm of the decoder, the attention's included
+    assert tiled.shape == whole.shape

@@ -1,1 +1,2 @@
-"""Inference helpers: the blending baseline (tiling and colour fix arrive with issue 7)."""
+"""Inference helpers: tiling with whole-image normalisation, colour fix, face inputs for predict and
+the blending baseline."""

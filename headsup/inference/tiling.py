@@ -23,6 +23,7 @@ README): the tiled VAE decoder reproduces the untiled one to a mean of 5e-5 afte
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from fractions import Fraction
 
@@ -112,20 +113,38 @@ class SyncGroupNorm:
             self.stats[key] = (mean, (s[..., 2] / s[..., 0] - mean**2).clamp_min(0))
         self._sums = {}
 
+    def _mass_like(self, x: torch.Tensor) -> torch.Tensor:
+        """The tiles' blend shares at the resolution of feature map x: (n, C, h, w), or (n, C, h*w)
+        as attention blocks flatten it (the tile's aspect ratio then gives h and w)."""
+        th, tw = self.mass.shape[-2:]
+        if x.dim() == 4:
+            size = x.shape[-2:]
+        elif x.dim() == 3:
+            ratio = math.sqrt(th * tw / x.shape[-1])
+            size = (round(th / ratio), round(tw / ratio))
+            if size[0] * size[1] != x.shape[-1]:
+                raise ValueError(f"cannot place a flattened feature map of {x.shape[-1]} pixels on {th}x{tw} "
+                                 "tiles")
+        else:
+            raise ValueError(f"GroupNorm input of {x.dim()} dimensions cannot be tiled")
+        mass = F.interpolate(self.mass, size=size, mode="area") if tuple(size) != (th, tw) else self.mass
+        return mass.flatten(2) if x.dim() == 3 else mass
+
     def _forward(self, index: int, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
         call = self._calls.get(index, 0)
         self._calls[index] = call + 1
         key = (index, call)
         if self.mass is None or (key not in self.stats and not self.collecting):
             return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
-        n, c, h, w = x.shape
+        n, c = x.shape[:2]
         g = norm.num_groups
         xf = x.float()
         if self.collecting:
-            mass = F.interpolate(self.mass, size=(h, w), mode="area") if self.mass.shape[-2:] != (h, w) else self.mass
-            s1 = (xf * mass).sum((2, 3)).view(n, g, -1).sum(-1)
-            s2 = (xf * xf * mass).sum((2, 3)).view(n, g, -1).sum(-1)
-            s0 = mass.sum((1, 2, 3)).view(n, 1).expand(n, g) * (c // g)
+            mass = self._mass_like(x).to(xf.dtype)  # (n, 1, *spatial of x)
+            dims = tuple(range(2, x.dim()))
+            s1 = (xf * mass).sum(dims).reshape(n, g, -1).sum(-1)
+            s2 = (xf * xf * mass).sum(dims).reshape(n, g, -1).sum(-1)
+            s0 = mass.flatten(1).sum(1).view(n, 1).expand(n, g) * (c // g)
             sums = torch.stack([s0, s1, s2], -1).double()
             acc = self._sums.get(key)
             if acc is None:
@@ -134,12 +153,13 @@ class SyncGroupNorm:
         if key in self.stats:
             mean, var = (s[self.owner].to(xf.dtype) for s in self.stats[key])
         else:  # first collecting pass: the tile's own statistics
-            flat = xf.view(n, g, -1)
+            flat = xf.reshape(n, g, -1)
             var, mean = torch.var_mean(flat, dim=-1, unbiased=False)
-        y = (xf.view(n, g, -1) - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)
-        y = y.view(n, c, h, w)
+        y = (xf.reshape(n, g, -1) - mean[..., None]) * torch.rsqrt(var[..., None] + norm.eps)
+        y = y.view(x.shape)
         if norm.affine:
-            y = y * norm.weight.float().view(1, c, 1, 1) + norm.bias.float().view(1, c, 1, 1)
+            shape = (1, c) + (1,) * (x.dim() - 2)
+            y = y * norm.weight.float().view(shape) + norm.bias.float().view(shape)
         autocast = torch.is_autocast_enabled(x.device.type)
         return y if autocast else y.to(x.dtype)
 
