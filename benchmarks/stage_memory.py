@@ -9,7 +9,10 @@ resolution). The growth of the peak between the two largest sizes, over the grow
 is the factor `headsup.models.generator.STAGE_PEAK_FACTOR` holds for `tiling: auto` (the fixed
 part, which the ratio at small sizes includes, does not grow with the image).
 
-    python benchmarks/stage_memory.py [--sizes 256 512] [--device cpu|cuda]
+    python benchmarks/stage_memory.py [--sizes 256 512] [--device cpu|cuda] [--tile-size 64]
+
+With --tile-size, each stage also runs tiled at that latent tile side (overlap a quarter of it,
+one tile per call, `--norm-passes` passes), to show that the tiled peak is bounded by the tile.
 
 The last output line is one JSON object.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -50,6 +54,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512], help="output sides (square)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tile-size", type=int, default=None, help="also measure tiled stages (latent tile side)")
+    parser.add_argument("--norm-passes", type=int, default=2)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="bfloat16: under autocast, as `headsup predict` runs with bf16-mixed")
     args = parser.parse_args()
@@ -79,9 +85,20 @@ def main() -> None:
                        "largest_map_gib": round(largest / 2**30, 4), "ratio": round(peak / largest, 2)}
                 rows.append(row)
                 print(row, flush=True)
+                if args.tile_size:
+                    gen.tiling, gen.tile_size, gen.tile_overlap = "always", args.tile_size, args.tile_size // 4
+                    gen.tile_batch, gen.norm_passes = 1, args.norm_passes
+                    net, factor = (gen.unet, Fraction(1)) if stage == "unet" else (
+                        gen.vae, Fraction(1, f) if stage == "encode" else Fraction(f))
+                    tiled = max(measure(lambda t: gen._staged(stage, fn, t, net, factor), x) for _ in range(2))
+                    gen.tiling = "never"
+                    row = {"stage": stage, "size": size, "tiled": args.tile_size, "norm_passes": args.norm_passes,
+                           "peak_gib": round(tiled / 2**30, 4), "untiled_peak_gib": rows[-1]["peak_gib"]}
+                    rows.append(row)
+                    print(row, flush=True)
     growth = {}
     for stage in ("encode", "unet", "decode"):
-        a, b = [r for r in rows if r["stage"] == stage][-2:]
+        a, b = [r for r in rows if r["stage"] == stage and "tiled" not in r][-2:]
         if a["size"] != b["size"]:
             growth[stage] = round((b["peak_gib"] - a["peak_gib"]) / (b["largest_map_gib"] - a["largest_map_gib"]),
                                   2)

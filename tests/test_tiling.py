@@ -190,3 +190,18 @@ def test_norm_statistics_reach_attention_blocks_that_flatten_the_feature_map():
     calls = sum(isinstance(m, torch.nn.GroupNorm) for m in vae.decoder.modules())
     assert gathered == [calls, calls]  # every GroupNorm of the decoder, the attention's included
     assert tiled.shape == whole.shape
+
+
+def test_diverging_norm_statistics_fall_back_to_per_tile_normalisation(pretrained, monkeypatch):
+    # on random SD 2.1 VAE weights the passes diverge (changes 0.39, then 396): such statistics are not used
+    from headsup.inference import tiling
+
+    gen, lq, _ = pretrained
+    z = torch.rand(1, 4, 80, 120)
+    with torch.no_grad():
+        per_tile = tiling.tiled_apply(gen.decode, z, tile=48, overlap=16, network=gen.vae, norm_passes=0)
+        finish = tiling.SyncGroupNorm.finish_pass
+        monkeypatch.setattr(tiling.SyncGroupNorm, "finish_pass", lambda self: (finish(self), 5.0)[1])
+        with pytest.warns(UserWarning, match="did not converge"):
+            out = tiling.tiled_apply(gen.decode, z, tile=48, overlap=16, network=gen.vae, norm_passes=2)
+    assert torch.equal(out, per_tile)
