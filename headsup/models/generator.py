@@ -116,7 +116,7 @@ class OneStepSR(nn.Module):
         tile_size: int = 96,
         tile_overlap: int = 32,
         tile_batch: int = 4,
-        norm_passes: int = 2,
+        norm_passes: int = 0,
         memory_budget_gb: float | None = None,
         merge_lora: bool = False,
         lora_scale: float = 1.0,
