@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import Metric, MetricCollection
 from torchvision.utils import make_grid
@@ -56,6 +57,9 @@ class SRSystem(L.LightningModule):
         metrics: Evaluation metrics besides PSNR/SSIM (Y and RGB) and the seam score, by result
             name, e.g. {"lpips": LPIPSMetric, "musiq": PyiqaMetric, "deg": IdentityCosine}; those
             whose weights are missing are reported as unavailable.
+        max_bad_steps: A generator update whose loss or gradient is NaN/inf (on any rank) is skipped,
+            logged (`train/skipped_steps`) and warned about; this many in a row stop training with
+            an error, before NaN can reach the weights or a checkpoint.
     """
 
     def __init__(
@@ -68,6 +72,7 @@ class SRSystem(L.LightningModule):
         method: str = "headsup",
         log_images: int = 2,
         metrics: dict[str, ExtraMetric] | None = None,
+        max_bad_steps: int = 10,
     ) -> None:
         super().__init__()
         # Under the CLI the hyperparameters are the parsed config (class paths and init args);
@@ -89,6 +94,9 @@ class SRSystem(L.LightningModule):
         self.log_images = log_images
         self.eval_metrics = nn.ModuleDict(metrics or {})
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
+        self.max_bad_steps = max_bad_steps
+        self._bad_steps = 0  # consecutive steps skipped for a non-finite loss or gradient
+        self.skipped_steps = 0
         self._checkpoint_keys = {n for n, p in self.named_parameters() if p.requires_grad} | {"generator_updates"}
         self._aux_names: list[str] = []
         self._metrics: dict[str, MetricCollection] = {}
@@ -133,7 +141,13 @@ class SRSystem(L.LightningModule):
                 total = total + objective.weight * losses[name]
         gen_opt = optimizers[0]
         gen_opt.zero_grad(set_to_none=True)
-        self.manual_backward(total)
+        finite = self._all_ranks_finite(total)
+        if finite:
+            self.manual_backward(total)
+            finite = self._all_ranks_finite(*(p.grad for p in self.generator.parameters() if p.grad is not None))
+        if not finite:
+            return self._skip_step(gen_opt, losses, step)
+        self._bad_steps = 0
         if self.grad_clip:
             self.clip_gradients(gen_opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         gen_opt.step()
@@ -145,6 +159,9 @@ class SRSystem(L.LightningModule):
                 continue
             aux = objective.aux_loss(detached)
             opt.zero_grad(set_to_none=True)
+            if not self._all_ranks_finite(aux):
+                rank_zero_warn(f"step {step}: {name}'s own loss is not finite; its update is skipped")
+                continue
             self.manual_backward(aux)
             # the raw optimizer: Lightning's wrapper would count this step in trainer.global_step,
             # which must stay the number of generator updates (max_steps, checkpoint intervals)
@@ -162,6 +179,32 @@ class SRSystem(L.LightningModule):
         self.log("train/lr", gen_opt.param_groups[0]["lr"], batch_size=bs)
         self.log("train/generator_updates", float(step + 1), batch_size=bs)
         return total.detach()
+
+    def _all_ranks_finite(self, *tensors: torch.Tensor) -> bool:
+        """Whether every tensor is finite on every rank (one decision for all, so DDP ranks skip together)."""
+        tensors = [t for t in tensors if t is not None]
+        bad = torch.zeros((), device=self.device)
+        if tensors:
+            norms = torch._foreach_norm([t.detach().float() for t in tensors])
+            bad = (~torch.isfinite(torch.stack(norms))).any().float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        return not bool(bad)
+
+    def _skip_step(self, optimizer, losses: dict, step: int) -> torch.Tensor:
+        """Drop a generator update whose loss or gradient is NaN/inf; stop after `max_bad_steps` in a row."""
+        optimizer.zero_grad(set_to_none=True)
+        self._bad_steps += 1
+        self.skipped_steps += 1
+        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
+        if self._bad_steps >= self.max_bad_steps:
+            raise FloatingPointError(
+                f"{self._bad_steps} generator updates in a row had a non-finite loss or gradient (last, at "
+                f"update {step}: {terms}); stopped before any NaN reached the weights. Lower the learning "
+                f"rate, check the data, or resume from the last checkpoint (model.max_bad_steps sets the limit)")
+        rank_zero_warn(f"generator update {step} skipped: non-finite loss or gradient ({terms})")
+        return torch.zeros((), device=self.device)
 
     def _conditioning(self, batch: dict) -> dict:
         """Reference-conditioning inputs of a batch for a `reference=True` generator: the face

@@ -1,0 +1,64 @@
+"""Faults training survives (see the README's table): each test names the fault it injects."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from headsup.data.datamodule import SRDataModule
+from headsup.data.specs import DatasetSpec
+from headsup.models.generator import OneStepSR
+from headsup.objectives.base import Objective
+from headsup.system import SRSystem
+from headsup.testing.tiny import TinySD
+
+
+class FaultyMSE(Objective):
+    """Pixel MSE whose value (`fault="loss"`) or gradient (`fault="grad"`) is NaN on chosen calls."""
+
+    def __init__(self, bad_calls: set[int] | None = None, fault: str = "loss") -> None:
+        super().__init__()
+        self.bad_calls, self.fault, self.calls = bad_calls, fault, 0
+
+    def generator_loss(self, ctx):
+        call, self.calls = self.calls, self.calls + 1
+        loss = torch.nn.functional.mse_loss(ctx.sr.float(), ctx.hq.float())
+        if self.bad_calls is None or call in self.bad_calls:
+            if self.fault == "loss":
+                return loss * float("nan")
+            return loss + (ctx.sr - ctx.sr.detach()).pow(2).sum().sqrt()  # value unchanged, gradient 0/0
+        return loss
+
+
+def _fit(samples_dir, objective, max_steps=4, max_bad_steps=10):
+    torch.manual_seed(0)
+    system = SRSystem(generator=OneStepSR(TinySD()), objectives={"mse": objective}, max_bad_steps=max_bad_steps)
+    dm = SRDataModule(train=[DatasetSpec(name="t", hq=str(samples_dir / "train"))], crop_size=32, batch_size=2,
+                      num_workers=0)
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    return system, trainer, dm
+
+
+def _trainable(system):
+    return {n: p.detach().clone() for n, p in system.generator.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("fault", ["loss", "grad"])
+def test_nan_steps_are_skipped_and_training_goes_on(samples_dir, fault):
+    system, trainer, dm = _fit(samples_dir, FaultyMSE({1, 2}, fault))
+    with pytest.warns(UserWarning, match="skipped: non-finite"):
+        trainer.fit(system, datamodule=dm)
+    assert system.skipped_steps == 2
+    assert int(system.generator_updates) == 4 == trainer.global_step  # max_steps counts good updates
+    assert all(torch.isfinite(p).all() for p in _trainable(system).values())
+
+
+def test_consecutive_nan_steps_stop_training_before_weights_turn_nan(samples_dir):
+    system, trainer, dm = _fit(samples_dir, FaultyMSE(None), max_bad_steps=3)
+    before = _trainable(system)
+    with pytest.raises(FloatingPointError, match="3 generator updates in a row"):
+        trainer.fit(system, datamodule=dm)
+    after = _trainable(system)
+    assert all(torch.equal(before[n], after[n]) for n in before)  # nothing was applied
