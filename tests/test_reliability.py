@@ -62,3 +62,37 @@ def test_consecutive_nan_steps_stop_training_before_weights_turn_nan(samples_dir
         trainer.fit(system, datamodule=dm)
     after = _trainable(system)
     assert all(torch.equal(before[n], after[n]) for n in before)  # nothing was applied
+
+
+def test_decompression_bomb_is_refused_with_the_file_named(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from headsup.data import io
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 10000)).save(bomb)  # 200 Mpx of zeros: a 30 KB file
+    assert bomb.stat().st_size < 100_000
+    with pytest.raises(io.ImageReadError, match=r"bomb\.png.*decompression bomb"):
+        io.read_image(bomb)  # Pillow's own check (above 179 Mpx) fires at open, reworded with the file
+    big = tmp_path / "big.png"
+    Image.new("1", (2000, 1000)).save(big)
+    monkeypatch.setattr(io, "MAX_PIXELS", 1_000_000)  # our limit (HEADSUP_MAX_PIXELS), before decoding
+    with pytest.raises(io.ImageReadError, match=r"big\.png claims 2000 x 1000 = 2 Mpx, above the limit of 1 Mpx"):
+        io.read_image(big)
+
+
+def test_odd_paths_read_or_fail_clearly(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from headsup.data.io import ImageReadError, read_image
+
+    odd = tmp_path / "dossier été" / "portrait n°1 (copie).png"
+    odd.parent.mkdir()
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(odd)
+    assert read_image(odd).rgb.shape == (3, 8, 8)
+    with pytest.raises(ImageReadError, match="folder"):
+        read_image(odd.parent)
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageReadError, match="empty.jpg"):
+        read_image(tmp_path / "empty.jpg")

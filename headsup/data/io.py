@@ -70,6 +70,12 @@ def _to_float(array: np.ndarray) -> tuple[np.ndarray, int]:
     raise ImageReadError(f"unsupported pixel type {array.dtype}")
 
 
+# Largest image (in pixels) read_image decodes: a guard against decompression bombs (a small file
+# that claims huge dimensions). 2^28 = 268 Mpx: a 16K x 16K photo passes, a bomb does not.
+# Raise it with the HEADSUP_MAX_PIXELS environment variable.
+MAX_PIXELS = int(os.environ.get("HEADSUP_MAX_PIXELS", 2**28))
+
+
 def read_image(path: str | os.PathLike, box: tuple[int, int, int, int] | None = None) -> LoadedImage:
     """Decode `path` into a `LoadedImage`; with `box` (left, top, right, bottom, in the upright
     image after EXIF orientation) only that region is converted, which spares the float copy of
@@ -81,6 +87,8 @@ def read_image(path: str | os.PathLike, box: tuple[int, int, int, int] | None = 
     path = Path(path)
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageReadError(_too_large(path, img.width, img.height))
             deep_colour = img.mode in ("RGB", "RGBA") and _bits_per_sample(img) == 16
             img = ImageOps.exif_transpose(img)
             img.load()
@@ -88,6 +96,12 @@ def read_image(path: str | os.PathLike, box: tuple[int, int, int, int] | None = 
                 img = img.crop(box)
     except FileNotFoundError as err:
         raise ImageReadError(f"image not found: {path}") from err
+    except Image.DecompressionBombError as err:  # Pillow's own check, at open, for far larger claims
+        raise ImageReadError(f"cannot read image {path}: {err} (headsup's limit: HEADSUP_MAX_PIXELS)") from err
+    except IsADirectoryError as err:
+        raise ImageReadError(f"not an image file but a folder: {path}") from err
+    except PermissionError as err:
+        raise ImageReadError(f"no permission to read image {path}") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"cannot read image {path}: {err}") from err
     if deep_colour:
@@ -98,6 +112,11 @@ def read_image(path: str | os.PathLike, box: tuple[int, int, int, int] | None = 
             loaded.alpha = loaded.alpha[:, top:bottom, left:right] if loaded.alpha is not None else None
         return loaded
     return pil_to_loaded(img, path)
+
+
+def _too_large(path: Path, width: int, height: int) -> str:
+    return (f"image {path} claims {width} x {height} = {width * height / 1e6:.0f} Mpx, above the limit of "
+            f"{MAX_PIXELS / 1e6:.0f} Mpx (a decompression bomb, or raise HEADSUP_MAX_PIXELS)")
 
 
 def _bits_per_sample(img: Image.Image) -> int:
