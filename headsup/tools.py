@@ -228,13 +228,13 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
 
     from headsup.callbacks.predict_writer import PredictWriter
     from headsup.data.datamodule import SRDataModule
-    from headsup.system import SRSystem
+    from headsup.inference.blending import load_checkpoint
 
     if not Path(args.weights).is_file():
         raise FileNotFoundError(f"--weights: checkpoint not found: {args.weights}")
     if not Path(args.input).exists():
         raise FileNotFoundError(f"input not found: {args.input}")
-    system = SRSystem.load_from_checkpoint(args.weights, map_location="cpu")
+    system = load_checkpoint(args.weights)
     gen = system.generator
     for option in ("tiling", "tile_size", "tile_overlap", "tile_batch", "norm_passes", "memory_budget_gb",
                    "merge_lora", "lora_scale", "reference_strength", "channels_last", "compile"):

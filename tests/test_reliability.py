@@ -96,3 +96,23 @@ def test_odd_paths_read_or_fail_clearly(tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"")
     with pytest.raises(ImageReadError, match="empty.jpg"):
         read_image(tmp_path / "empty.jpg")
+
+
+class _RunsCode:  # what a malicious checkpoint pickles: unpickling it would call os.system
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch, capsys):
+    from headsup.tools import main as tools
+
+    monkeypatch.chdir(tmp_path)
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"x": _RunsCode()}}, evil)
+    (tmp_path / "in.png").write_bytes(b"")
+    assert tools(["enhance", str(tmp_path / "in.png"), str(tmp_path / "out"), "--weights", str(evil)]) == 2
+    err = capsys.readouterr().err
+    assert "evil.ckpt" in err and "refused" in err
+    assert not (tmp_path / "PWNED").exists()

@@ -57,7 +57,7 @@ class TrainableEMA(L.Callback):
     # ------------------------------------------------------------------ evaluation with the average
     def _swap_in(self, trainer, pl_module) -> None:
         if self.shadow is None and trainer.ckpt_path:
-            state = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=False)
+            state = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True)
             self.load_state_dict(state.get("callbacks", {}).get(self.state_key, {}))
         if not self.shadow or self.updates == 0 or self._live is not None:
             return

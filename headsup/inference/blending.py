@@ -43,15 +43,27 @@ class CheckpointModel(nn.Module):
         super().__init__()
         from pathlib import Path
 
-        from headsup.system import SRSystem
-
         if not Path(path).is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
-        self.generator = SRSystem.load_from_checkpoint(path, map_location="cpu").generator.eval()
+        self.generator = load_checkpoint(path).generator.eval()
         self.scale = self.generator.scale
 
     def forward(self, lq: torch.Tensor) -> torch.Tensor:
         return self.generator(lq)
+
+
+def load_checkpoint(path: str):
+    """An `SRSystem` from a `headsup fit` checkpoint, loaded tensors-only (`weights_only`): a file
+    that would need to run code while unpickling is refused, naming it."""
+    import pickle
+
+    from headsup.system import SRSystem
+
+    try:
+        return SRSystem.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"{path} holds more than tensors and plain values (loading it could run code), "
+                         f"refused: {str(err).splitlines()[0]}") from err
 
 
 def paste_mask(size: int, margin: float = 0.05, feather: float = 0.04, device=None) -> torch.Tensor:
