@@ -6,7 +6,7 @@ circular_lowpass_kernel), OpenCV filtering and resizing, basicsr's numpy noise a
 JPEG. Both run on the same images in the same process.
 
     python benchmarks/degradation_throughput.py --size 256 [--device cuda] [--batch 16] [--images 64]
-        [--jpeg-backend kornia|libjpeg]
+        [--jpeg-backend kornia|libjpeg] [--reference-images 64]
 
 basicsr is a benchmark-only peer: pip install --no-deps --no-build-isolation basicsr==1.4.2
 The last output line is one JSON object.
@@ -117,6 +117,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes over the images (best is kept)")
+    parser.add_argument("--reference-images", type=int, default=None,
+                        help="images the per-image reference runs on (default --images; its rate is per image)")
+    parser.add_argument("--profile", action="store_true", help="print the costliest operators of one batched pass")
     parser.add_argument("--jpeg-backend", default="kornia", choices=["kornia", "libjpeg"])
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -138,23 +141,33 @@ def main() -> None:
             deg(hq, deg.sample(hq.shape[0], generator=gen, device=device))
         sync()
 
+    ref_images = images[: args.reference_images or args.images]
+
     def reference_pass():
         random.seed(0)
         np.random.seed(0)
-        for img in images:
+        for img in ref_images:
             reference_one(img)
 
     batched_pass()  # warm-up (kernels, allocator, JPEG tables)
     reference_one(images[0])
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            batched_pass()
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
     timings = {}
-    for name, fn in (("batched", batched_pass), ("reference", reference_pass)):
+    for name, fn, count in (("batched", batched_pass, args.images), ("reference", reference_pass, len(ref_images))):
         best = math.inf
         for _ in range(args.repeats):
             start = time.perf_counter()
             fn()
             best = min(best, time.perf_counter() - start)
-        timings[name] = args.images / best
-        print(f"{name}: {timings[name]:.1f} images/s ({args.images} images of {args.size}x{args.size})")
+        timings[name] = count / best
+        print(f"{name}: {timings[name]:.1f} images/s ({count} images of {args.size}x{args.size})")
 
     result = {
         "images_per_s": round(timings["batched"], 1),
@@ -169,6 +182,7 @@ def main() -> None:
         "batch": args.batch,
         "jpeg_backend": args.jpeg_backend,
         "images": args.images,
+        "reference_images": len(ref_images),
         "reference": "basicsr 1.4.2 numpy kernels/noise + OpenCV filter/resize/JPEG, one image at a time",
         "torch": torch.__version__,
     }

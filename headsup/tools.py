@@ -237,7 +237,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     system = load_checkpoint(args.weights)
     gen = system.generator
     for option in ("tiling", "tile_size", "tile_overlap", "tile_batch", "norm_passes", "memory_budget_gb",
-                   "merge_lora", "lora_scale", "reference_strength", "channels_last", "compile"):
+                   "merge_lora", "lora_scale", "reference_strength", "channels_last", "compile", "cuda_graphs"):
         value = getattr(args, option)
         if value is not None:
             setattr(gen, option, value)
@@ -278,6 +278,8 @@ def _add_enhance(sub) -> None:
     p.add_argument("--reference-strength", dest="reference_strength", type=float, default=None)
     p.add_argument("--channels-last", dest="channels_last", action="store_const", const=True, default=None)
     p.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile UNet and VAE")
+    p.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_const", const=True, default=None,
+                   help="replay each image size's untiled call as a CUDA graph")
     p.set_defaults(func=_cmd_enhance)
 
 

@@ -212,6 +212,22 @@ def test_channels_last_gives_the_same_output():
     assert torch.allclose(fast, plain, atol=1e-4)
 
 
+def test_cuda_graphs_option_leaves_cpu_and_training_calls_eager():
+    """Graph recording needs CUDA and an inference call; elsewhere the option changes nothing
+    (the recorded path itself is checked in tests/test_gpu.py, on a GPU)."""
+    torch.manual_seed(0)
+    gen = OneStepSR(TinySD(), cuda_graphs=True).eval()
+    lq = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        out = gen(lq)
+        gen.cuda_graphs = False
+        plain = gen(lq)
+    assert gen._graph is None and torch.equal(out, plain)
+    gen.train()
+    gen.cuda_graphs = True
+    assert gen(lq).requires_grad and gen._graph is None
+
+
 @pytest.mark.slow
 def test_compiled_generator_gives_the_same_output():  # about a minute of inductor compilation on the CPU
     torch.manual_seed(0)

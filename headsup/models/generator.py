@@ -99,6 +99,11 @@ class OneStepSR(nn.Module):
             convolutions on tensor-core GPUs).
         compile: At inference, compile the UNet and VAE with `torch.compile` (once; the first call of
             each tile shape pays for compilation).
+        cuda_graphs: At inference on a CUDA device, record the whole call (encode, UNet, decode) as a
+            CUDA graph and replay it for later inputs of the same shape, dtype and settings: no
+            Python or kernel-launch overhead per call (see benchmarks/RESULTS.md). The first call
+            of a new shape runs eagerly, then records (two more passes). Calls that tile a stage
+            or pass a reference run eagerly. One graph is kept (the last shape).
     """
 
     def __init__(
@@ -123,6 +128,7 @@ class OneStepSR(nn.Module):
         reference_strength: float = 1.0,
         channels_last: bool = False,
         compile: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         parts = backbone.build()
@@ -155,6 +161,8 @@ class OneStepSR(nn.Module):
         self._lora_scale_applied = 1.0
         self.channels_last, self.compile = channels_last, compile
         self._compiled = False
+        self.cuda_graphs = cuda_graphs
+        self._graph: tuple | None = None  # (key, CUDAGraph, static input, static output)
         # per stage of the last inference call: None (untiled) or the tile edges (rows, cols) in output pixels
         self.last_tiling: dict[str, tuple[list[int], list[int]] | None] = {}
         self.latent_channels = int(self.unet.config.in_channels)
@@ -177,12 +185,17 @@ class OneStepSR(nn.Module):
 
     def train(self, mode: bool = True) -> OneStepSR:
         super().train(mode)
+        self._graph = None  # a recorded graph reads the weights where they were; merging may move them
         self.vae.decoder.eval()
         if mode and getattr(self, "_merged", False):
             self.set_lora_merged(False)
         if mode and getattr(self, "_lora_scale_applied", 1.0) != 1.0:
             self._set_lora_scale(1.0)
         return self
+
+    def _apply(self, fn, recurse: bool = True):
+        self._graph = None  # .to()/.cuda() make new weight tensors; a recorded graph would read the old ones
+        return super()._apply(fn, recurse)
 
     def _set_lora_scale(self, scale: float) -> None:
         """Scale the UNet adapter (unmerged while its scale changes)."""
@@ -204,6 +217,7 @@ class OneStepSR(nn.Module):
 
         if merged == self._merged:
             return
+        self._graph = None
         for module in self.modules():
             if isinstance(module, BaseTunerLayer):
                 module.merge() if merged else module.unmerge()
@@ -383,7 +397,46 @@ class OneStepSR(nn.Module):
 
     def forward(self, lq: torch.Tensor, **conditioning) -> torch.Tensor:
         """LQ (B, 3, h, w) in [0, 1] -> SR (B, 3, h*scale, w*scale) in [0, 1]."""
+        if self.cuda_graphs and lq.is_cuda and self._inference() and all(v is None for v in conditioning.values()):
+            return self._graphed(lq)
+        self._graph = None
         return self.generate(lq, **conditioning).image
+
+    def _graph_key(self, lq: torch.Tensor) -> tuple:
+        amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        settings = (self.tiling, self.tile_size, self.tile_overlap, self.tile_batch, self.norm_passes,
+                    self.memory_budget_gb, self.merge_lora, self.lora_scale, self.channels_last, self.compile)
+        return (tuple(lq.shape), lq.dtype, lq.device, amp, settings)
+
+    def _graphed(self, lq: torch.Tensor) -> torch.Tensor:
+        """`generate(lq).image` through a recorded CUDA graph (see `cuda_graphs`)."""
+        key = self._graph_key(lq)
+        if self._graph is not None and self._graph[0] == key:
+            _, graph, static_in, static_out = self._graph
+            static_in.copy_(lq)
+            graph.replay()
+            return static_out.clone()
+        self._graph = None  # free the previous graph's memory before recording another
+        out = self.generate(lq).image  # eager: settles merging, LoRA scale, compilation and tiling
+        if any(edges is not None for edges in self.last_tiling.values()):
+            return out  # tiled stages sync with the host between tiles: not recordable
+        amp = key[3]
+        static_in = lq.clone()
+        tiling, self.tiling = self.tiling, "never"  # known not to tile; skips the memory query
+        try:
+            side = torch.cuda.Stream(device=lq.device)
+            side.wait_stream(torch.cuda.current_stream(lq.device))
+            with torch.cuda.stream(side):
+                self.generate(static_in)  # warm-up off the default stream, as recording requires
+            torch.cuda.current_stream(lq.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None, cache_enabled=False):
+                with torch.cuda.graph(graph):
+                    static_out = self.generate(static_in).image
+        finally:
+            self.tiling = tiling
+        self._graph = (key, graph, static_in, static_out)
+        return out
 
 
 def widen_conv_in(unet: nn.Module, in_channels: int) -> None:
