@@ -28,24 +28,11 @@ def build_portrait_set_for(samples_dir: Path) -> Path:
 
 
 def tiny_config(tmp_path: Path, samples: Path, backbone: Path, weights: dict, portraits: Path, **trainer) -> Path:
-    cfg = yaml.safe_load(TINY.read_text())
-    run = tmp_path / "run"
-    cfg["trainer"].update(default_root_dir=str(run), **trainer)
-    cfg["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path), name="run")
-    cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(run / "checkpoints")
-    model = cfg["model"]
-    model["generator"]["init_args"]["backbone"] = {"class_path": "headsup.models.backbone.DiffusersFolder",
-                                                   "init_args": {"path": str(backbone)}}
-    obj = model["objectives"]
-    for name in ("lpips", "face_lpips"):
-        obj[name]["init_args"].update(vgg_weights=str(weights["vgg"]), lpips_weights=str(weights["lpips"]))
-    obj["identity"]["init_args"]["identity"]["init_args"]["weights"] = str(weights["facenet"])
-    for name in ("face_gan", "gan"):
-        obj[name]["init_args"]["discriminator"]["init_args"]["weights"] = str(weights["test_resnet"])
-    data = cfg["data"]
-    data["train"][0]["manifest"] = str(portraits)
-    data["train"][1]["hq"] = str(samples / "train")
-    data["val_sets"][0]["hq"] = str(samples / "test" / "portrait")
+    from headsup.testing.tiny import localize_tiny_headsup
+
+    cfg = localize_tiny_headsup(yaml.safe_load(TINY.read_text()), tmp_path / "run", samples, backbone, weights,
+                                portraits)
+    cfg["trainer"].update(**trainer)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

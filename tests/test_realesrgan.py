@@ -36,6 +36,19 @@ def test_same_params_same_lq_same_seed_same_params(hq):
     assert not torch.equal(deg(hq, p), deg(hq, r))
 
 
+def test_trace_follows_the_forward_pass(hq):
+    deg = RealESRGANDegradation()
+    p = deg.sample(4, torch.Generator().manual_seed(5))
+    trace = deg.trace(hq, p)
+    assert list(trace) == ["stage1", "stage2", "final"]
+    assert torch.equal(trace["final"], deg(hq, p))
+    # stage 1 resizes by resize1 (of 128 px); stage 2 ends at resize2 of the 32 px target
+    assert trace["stage1"].shape[-1] == max(1, int(128 * float(p["resize1"][0])))
+    assert trace["stage2"].shape[-1] == max(1, int(128 / 4 * float(p["resize2"][0])))
+    with pytest.raises(ValueError, match="one seed group"):
+        deg.trace(hq[:2], deg.sample_indexed([1, 2]))
+
+
 def test_index_seeded_lq_does_not_depend_on_batch(hq):
     deg = RealESRGANDegradation()
     both = deg(hq[:2], deg.sample_indexed([7, 8]))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from headsup.data.datamodule import SRDataModule
 from headsup.data.specs import DatasetSpec
@@ -164,3 +167,34 @@ def test_killed_fit_resumes_to_the_same_number_of_updates(tmp_path, samples_dir,
     finish = cmd[:-2] + ["--trainer.max_steps", str(after_kill + 3), "--ckpt_path", "last"]
     assert subprocess.run(finish, env=env, capture_output=True).returncode == 0
     assert _generator_updates(last) == after_kill + 3
+
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "quickstart.yaml"
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("model.generator.init_args.scale", "four", 'Parser key "scale"'),
+    ("data.batch_size", "two", 'Parser key "data.batch_size"'),
+    ("trainer.max_steps", "1.5", 'Parser key "trainer.max_steps"'),
+])
+@pytest.mark.parametrize("where", ["command line", "config file"])
+def test_config_value_of_the_wrong_type_is_refused_naming_the_key(tmp_path, capsys, key, value, shown, where):
+    from headsup.cli import main
+
+    args = ["fit", "--config", str(QUICKSTART)]
+    if where == "command line":
+        args += [f"--{key}", value]
+    else:
+        cfg = yaml.safe_load(QUICKSTART.read_text())
+        node = cfg
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = yaml.safe_load(value)
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
+        args[2] = str(tmp_path / "bad.yaml")
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert shown in err and value in err

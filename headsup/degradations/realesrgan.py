@@ -205,7 +205,7 @@ class RealESRGANDegradation(Degradation):
                 out[idx] = Fd.poisson_noise(x[idx], p[f"poisson{s}"][idx], p[f"gray{s}"][idx], gen)
         return out.clamp(0, 1)
 
-    def _apply_group(self, x: torch.Tensor, p: dict) -> torch.Tensor:
+    def _apply_group(self, x: torch.Tensor, p: dict, trace: dict | None = None) -> torch.Tensor:
         _, _, h, w = x.shape
         gen = torch.Generator(device=x.device).manual_seed(int(p["seed"][0]))
         # stage 1
@@ -213,12 +213,16 @@ class RealESRGANDegradation(Degradation):
         x = Fd.resize(x, Fd.scaled_size(h, w, float(p["resize1"][0])), MODES[int(p["mode1"][0])])
         x = self._noise(x, p, 1, gen)
         x = Fd.jpeg(x, p["jpeg1"], self.jpeg_backend)
+        if trace is not None:
+            trace["stage1"] = x
         # stage 2
         x = Fd.blur(x, self._kernels(p, 2), p["blur2"])
         r2 = float(p["resize2"][0])
         x = Fd.resize(x, (max(1, int(h / self.scale * r2)), max(1, int(w / self.scale * r2))),
                       MODES[int(p["mode2"][0])])
         x = self._noise(x, p, 2, gen)
+        if trace is not None:
+            trace["stage2"] = x
         # final: resize to the target size + sinc, and JPEG, in random order
         target, mode = (h // self.scale, w // self.scale), MODES[int(p["final_mode"][0])]
         sinc = self._final_kernels(p, x.dtype)
@@ -245,3 +249,14 @@ class RealESRGANDegradation(Degradation):
                 idx = (seeds == seed).nonzero().flatten()
                 out[idx] = self._apply_group(x[idx], {k: v[idx] for k, v in params.items()})
             return out
+
+    def trace(self, hq: torch.Tensor, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch after stage 1 (blur, resize, noise, JPEG), after stage 2 (before the final
+        resize, sinc and JPEG) and at the end (`forward`'s output), for one seed group (the params
+        of one `sample` call). Intermediate sizes differ: each stage resizes."""
+        if torch.unique(params["seed"]).numel() != 1:
+            raise ValueError("trace() takes the params of one sample() call (one seed group)")
+        trace: dict[str, torch.Tensor] = {}
+        with torch.autocast(device_type=hq.device.type, enabled=False):
+            trace["final"] = self._apply_group(hq.float(), params, trace)
+        return trace

@@ -196,3 +196,34 @@ def prepare_tiny_portrait_set(samples_dir: str | Path) -> Path:
         if main(args) != 0:
             raise RuntimeError(f"headsup-tools {' '.join(args)} failed")
     return out / "train.jsonl"
+
+
+def localize_tiny_headsup(cfg: dict, run_dir: str | Path, samples: str | Path, backbone: str | Path,
+                          weights: dict[str, Path], portraits: str | Path) -> dict:
+    """configs/experiments/tiny_headsup.yaml (loaded as `cfg`) pointed at given files: the run
+    folder (logs, checkpoints), the samples folder, the tiny backbone, the random stand-in weights
+    of `write_tiny_weights` and the portrait manifest of `prepare_tiny_portrait_set`. Returns a copy."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    run = Path(run_dir)
+    cfg["trainer"]["default_root_dir"] = str(run)
+    cfg["trainer"]["logger"]["init_args"].update(save_dir=str(run.parent), name=run.name, version="")
+    cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(run / "checkpoints")
+    model = cfg["model"]
+    model["generator"]["init_args"]["backbone"] = {"class_path": "headsup.models.backbone.DiffusersFolder",
+                                                   "init_args": {"path": str(backbone)}}
+    obj = model["objectives"]
+    for name in ("lpips", "face_lpips"):
+        if name in obj:
+            obj[name]["init_args"].update(vgg_weights=str(weights["vgg"]), lpips_weights=str(weights["lpips"]))
+    if "identity" in obj:
+        obj["identity"]["init_args"]["identity"]["init_args"]["weights"] = str(weights["facenet"])
+    for name in ("face_gan", "gan"):
+        if name in obj:
+            obj[name]["init_args"]["discriminator"]["init_args"]["weights"] = str(weights["test_resnet"])
+    data = cfg["data"]
+    data["train"][0]["manifest"] = str(portraits)
+    data["train"][1]["hq"] = str(Path(samples) / "train")
+    data["val_sets"][0]["hq"] = str(Path(samples) / "test" / "portrait")
+    return cfg
