@@ -40,5 +40,5 @@ if [ "${1:-all}" = all ]; then
     step infer4k 110 python3 benchmarks/inference_latency.py --device cuda --sizes 3840x2160 --repeats 2 --budget-gb 8
 fi
 step infer_overhead 200 python3 benchmarks/inference_latency.py --device cuda --sizes 512 1024 --repeats 20 \
-    --skip-untiled-grid --extras cuda_graphs bf16_weights compile
+    --skip-untiled-grid --extras cuda_graphs bf16_weights split_group_norm compile
 step profile 120 python3 benchmarks/profile_inference.py --rows 30

@@ -5,13 +5,15 @@ The generator is `OneStepSR` built from the SD 2.1-base UNet/VAE configs with ra
 upsampling, VAE encode, one UNet call, VAE decode, for an LQ of output/4.
 
     python benchmarks/inference_latency.py [--sizes 512 1024 3840x2160] [--device cpu|cuda]
-        [--repeats 2] [--dtypes float32 bfloat16] [--extras channels_last cuda_graphs bf16_weights compile]
+        [--repeats 2] [--dtypes float32 bfloat16]
+        [--extras channels_last cuda_graphs bf16_weights split_group_norm compile]
         [--budget-gb 8] [--tile-size 32 --tile-overlap 16 --norm-passes 0 2] [--skip-untiled-grid]
 
 Per size: the grid fp32/bf16 autocast x unmerged/merged LoRA (untiled); --extras adds bf16
 merged rows with channels-last, CUDA graphs, the weights themselves in bf16 (no autocast; with
-and without CUDA graphs) and torch.compile (applied last, once, to the first size only: it
-changes the modules for the rest of the run; on bf16 weights when those are asked for too);
+and without CUDA graphs and split GroupNorm statistics) and torch.compile (applied last, once,
+to the first size only: it changes the modules for the rest of the run; on bf16 weights when
+those are asked for too);
 --budget-gb adds a bf16 merged row with tiling "auto" under that memory budget; --tile-size a
 bf16 merged row per --norm-passes with every stage tiled. Tiled rows report their time and output
 difference against the untiled bf16 merged row of the same size (time ratio = per output pixel,
@@ -48,7 +50,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per configuration (after 1 warm-up)")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     parser.add_argument("--extras", nargs="*", default=[],
-                        choices=["channels_last", "cuda_graphs", "bf16_weights", "compile"])
+                        choices=["channels_last", "cuda_graphs", "bf16_weights", "split_group_norm", "compile"])
     parser.add_argument("--budget-gb", type=float, default=None, help="memory budget of the tiling 'auto' row")
     parser.add_argument("--auto-tile-size", type=int, default=None, help="latent tile side of the 'auto' row "
                         "(default: the generator's)")
@@ -160,11 +162,14 @@ def main() -> None:
             gen.set_lora_merged(False)
             saved = {k: v.detach().cpu().clone() for k, v in gen.state_dict().items()}
             gen.to(torch.bfloat16)
-            for graphs in (False, True) if "cuda_graphs" in args.extras else (False,):
-                gen.cuda_graphs = graphs
+            variants = [(False, False)] + [(True, False)] * ("cuda_graphs" in args.extras)
+            if "split_group_norm" in args.extras:
+                variants += [(False, True)] + [(True, True)] * ("cuda_graphs" in args.extras)
+            for graphs, split in variants:
+                gen.cuda_graphs, gen.split_group_norm = graphs, split
                 run({"size": label, "dtype": "bfloat16 weights", "merged_lora": True, "tiling": "never",
-                     "cuda_graphs": graphs}, lq.bfloat16(), torch.float32, base)
-                gen.cuda_graphs, gen._graph = False, None
+                     "cuda_graphs": graphs, "split_group_norm": split}, lq.bfloat16(), torch.float32, base)
+                gen.cuda_graphs, gen.split_group_norm, gen._graph = False, False, None
             if "compile" not in args.extras or n < len(args.sizes) - 1:
                 gen.set_lora_merged(False)
                 gen.float().load_state_dict(saved)

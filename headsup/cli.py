@@ -40,7 +40,7 @@ class HeadsupCLI(LightningCLI):
     # Inference-time choices of a run, not properties of the trained model.
     RUN_KEYS = ("model.metrics", *(f"model.generator.init_args.{k}" for k in (
         "tiling", "tile_size", "tile_overlap", "tile_batch", "norm_passes", "memory_budget_gb", "merge_lora",
-        "lora_scale", "reference_strength", "channels_last", "compile", "cuda_graphs")))
+        "lora_scale", "reference_strength", "channels_last", "compile", "cuda_graphs", "split_group_norm")))
 
     def _parse_ckpt_path(self) -> None:
         # With --ckpt_path, Lightning replaces the model section by the checkpoint's; evaluation

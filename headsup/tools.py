@@ -237,7 +237,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     system = load_checkpoint(args.weights)
     gen = system.generator
     for option in ("tiling", "tile_size", "tile_overlap", "tile_batch", "norm_passes", "memory_budget_gb",
-                   "merge_lora", "lora_scale", "reference_strength", "channels_last", "compile", "cuda_graphs"):
+                   "merge_lora", "lora_scale", "reference_strength", "channels_last", "compile", "cuda_graphs",
+                   "split_group_norm"):
         value = getattr(args, option)
         if value is not None:
             setattr(gen, option, value)
@@ -280,6 +281,8 @@ def _add_enhance(sub) -> None:
     p.add_argument("--compile", action="store_const", const=True, default=None, help="torch.compile UNet and VAE")
     p.add_argument("--cuda-graphs", dest="cuda_graphs", action="store_const", const=True, default=None,
                    help="replay each image size's untiled call as a CUDA graph")
+    p.add_argument("--split-group-norm", dest="split_group_norm", action="store_const", const=True, default=None,
+                   help="GroupNorm statistics by a split reduction on CUDA (see the README)")
     p.set_defaults(func=_cmd_enhance)
 
 

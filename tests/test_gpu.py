@@ -116,3 +116,18 @@ def test_cuda_graph_replay_equals_eager(amp):
     assert (replayed[1].float() - eager[0]).abs().max() < tol
     assert (other_shape.float() - eager[2]).abs().max() < tol and (again.float() - eager[2]).abs().max() < tol
     assert replayed[0].data_ptr() != replayed[1].data_ptr()  # callers get their own tensors
+
+
+def test_split_group_norm_on_cuda_gives_the_same_output(no_tf32):
+    torch.manual_seed(0)
+    gen = OneStepSR(TinySD(), tiling="never").eval().cuda()
+    lq = torch.rand(1, 3, 40, 52, device="cuda")
+    with torch.no_grad():
+        plain = gen(lq)
+        gen.split_group_norm = True
+        split = gen(lq)
+        assert all(m.split for m in gen._norms)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            half = gen(lq).float()
+    assert (split - plain).abs().max() < 1e-4
+    assert (half - plain).abs().mean() < 0.02

@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from headsup.models.norm import group_stats, normalize
+
 
 def tile_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]:
     """Start offsets covering [0, size) with tiles of `tile` overlapping by at least `overlap`;
@@ -164,15 +166,8 @@ class SyncGroupNorm:
         if key in self.stats:
             mean, var = (s[self.owner].to(flat.dtype) for s in self.stats[key])
         else:  # first collecting pass: the tile's own statistics
-            var, mean = torch.var_mean(flat.reshape(n, g, -1), dim=-1, unbiased=False)
-        # normalise and apply the affine map as one multiply-add per element: y = x * a + b
-        a = torch.rsqrt(var + norm.eps).repeat_interleave(c // g, dim=1)  # (n, c)
-        b = -mean.repeat_interleave(c // g, dim=1) * a
-        if norm.affine:
-            a, b = a * norm.weight.float(), b * norm.weight.float() + norm.bias.float()
-        y = torch.addcmul(b[..., None], flat, a[..., None]).view(x.shape)
-        autocast = torch.is_autocast_enabled(x.device.type)
-        return y if autocast else y.to(x.dtype)
+            mean, var = group_stats(flat, g)
+        return normalize(x, mean, var, norm)
 
 
 DIVERGED = 0.3  # statistics still moving this much (relative, see finish_pass) between passes are not used
