@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from headsup.data.datamodule import SRDataModule
 from headsup.data.specs import DatasetSpec
@@ -198,3 +200,40 @@ def test_config_value_of_the_wrong_type_is_refused_naming_the_key(tmp_path, caps
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert shown in err and value in err
+
+
+@pytest.mark.parametrize("mode, ext", [("CMYK", "jpg"), ("CMYK", "tif"), ("P", "png"), ("LA", "png"), ("1", "png"),
+                                       ("YCbCr", "jpg"), ("F", "tif"), ("I;16", "png")])
+def test_every_pillow_mode_reads_as_rgb_in_unit_range(tmp_path, mode, ext):
+    from headsup.data.io import read_image
+
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    img = rgb.convert(mode)
+    if mode == "F":  # float images are [0, 1]
+        img = Image.fromarray(np.asarray(img, dtype=np.float32) / 255)
+    path = tmp_path / f"odd {mode}.{ext}"
+    img.save(path)
+    loaded = read_image(path)
+    assert loaded.rgb.shape == (3, 20, 30) and loaded.rgb.dtype == torch.float32
+    assert 0 <= float(loaded.rgb.min()) and float(loaded.rgb.max()) <= 1
+    if mode in ("P", "1", "F"):  # lossless: what Pillow's own conversion gives
+        expected = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+        if mode == "F":
+            expected = np.repeat(np.asarray(img)[..., None], 3, axis=2)
+        assert np.allclose(loaded.rgb.permute(1, 2, 0).numpy(), expected, atol=1e-6)
+    assert (loaded.alpha is not None) == (mode == "LA")
+
+
+@pytest.mark.parametrize("values, match", [(np.float32(255.0), "float pixels from 0 to 255"),
+                                           (np.float32(np.nan), "NaN or inf present"),
+                                           (np.int32(70000), "do not fit 16 bits")])
+def test_pixel_values_outside_the_readable_range_are_refused(tmp_path, values, match):
+    from headsup.data.io import ImageReadError, read_image
+
+    array = np.zeros((8, 8), dtype=values.dtype)
+    array[2, 3] = values
+    path = tmp_path / "scientific.tif"
+    Image.fromarray(array).save(path)
+    with pytest.raises(ImageReadError, match=f"scientific.tif.*{match}"):
+        read_image(path)

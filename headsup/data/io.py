@@ -62,10 +62,19 @@ def _to_float(array: np.ndarray) -> tuple[np.ndarray, int]:
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0, 8
     if array.dtype in (np.uint16, np.int32, np.int16, np.uint32):
-        return np.clip(array.astype(np.float32) / 65535.0, 0.0, 1.0), 16
+        # 16-bit data (PNG, TIFF) arrives as these; wider values would be silently clipped
+        if array.size and (int(array.min()) < 0 or int(array.max()) > 65535):
+            raise ImageReadError(f"integer pixels from {int(array.min())} to {int(array.max())} do not fit "
+                                 "16 bits; save the image as 8- or 16-bit")
+        return array.astype(np.float32) / 65535.0, 16
     if array.dtype == bool:
         return array.astype(np.float32), 8
     if np.issubdtype(array.dtype, np.floating):
+        # float images (TIFF mode F) are read as [0, 1]; other ranges would turn into garbage
+        if array.size and not (np.isfinite(array).all() and array.min() >= -1e-3 and array.max() <= 1 + 1e-3):
+            raise ImageReadError(f"float pixels from {np.nanmin(array):g} to {np.nanmax(array):g} (NaN or inf "
+                                 f"{'present' if not np.isfinite(array).all() else 'absent'}); float images "
+                                 "are read as [0, 1]: rescale it or save it as 8- or 16-bit")
         return np.clip(array.astype(np.float32), 0.0, 1.0), 16
     raise ImageReadError(f"unsupported pixel type {array.dtype}")
 
