@@ -30,6 +30,15 @@ from headsup.data.io import ImageReadError  # noqa: E402
 from headsup.system import SRSystem  # noqa: E402
 
 
+class _Parser(LightningArgumentParser):
+    """A bad option or config value is reported as the error and a pointer to --help, without the
+    whole usage text (a hundred lines here) in front of it."""
+
+    def print_usage(self, file=None) -> None:
+        if file is not sys.stderr:
+            super().print_usage(file)
+
+
 class HeadsupCLI(LightningCLI):
     """LightningCLI with the results and prediction writers always attached."""
 
@@ -60,6 +69,7 @@ def build_cli(args: ArgsType = None, run: bool = True) -> HeadsupCLI:
         SRSystem,
         SRDataModule,
         save_config_callback=VersionedSaveConfig,
+        parser_class=_Parser,
         seed_everything_default=0,
         auto_configure_optimizers=False,
         args=args,

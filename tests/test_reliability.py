@@ -200,6 +200,7 @@ def test_config_value_of_the_wrong_type_is_refused_naming_the_key(tmp_path, caps
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert shown in err and value in err
+    assert "usage:" not in err and len(err.splitlines()) < 8  # the error, not a hundred lines of usage first
 
 
 @pytest.mark.parametrize("mode, ext", [("CMYK", "jpg"), ("CMYK", "tif"), ("P", "png"), ("LA", "png"), ("1", "png"),
