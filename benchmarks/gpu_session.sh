@@ -42,3 +42,4 @@ fi
 step infer_overhead 200 python3 benchmarks/inference_latency.py --device cuda --sizes 512 1024 --repeats 20 \
     --skip-untiled-grid --extras cuda_graphs bf16_weights split_group_norm compile
 step profile 120 python3 benchmarks/profile_inference.py --rows 30
+step profile_split 120 python3 benchmarks/profile_inference.py --rows 30 --split-group-norm

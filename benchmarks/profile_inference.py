@@ -2,7 +2,7 @@
 
 SD 2.1-base-size `OneStepSR` with random weights, the weights in bf16, merged LoRA, untiled.
 
-    python benchmarks/profile_inference.py [--size 512] [--rows 25]
+    python benchmarks/profile_inference.py [--size 512] [--rows 25] [--split-group-norm]
 """
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--rows", type=int, default=25)
+    parser.add_argument("--split-group-norm", action="store_true", help="the generator's split_group_norm option")
     args = parser.parse_args()
     from headsup.models.backbone import FromConfig
     from headsup.models.generator import OneStepSR
 
     torch.manual_seed(0)
-    gen = OneStepSR(FromConfig(), tiling="never", merge_lora=True).eval().cuda().to(torch.bfloat16)
+    gen = OneStepSR(FromConfig(), tiling="never", merge_lora=True, split_group_norm=args.split_group_norm)
+    gen = gen.eval().cuda().to(torch.bfloat16)
     lq = torch.rand(1, 3, args.size // 4, args.size // 4, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         for _ in range(3):
