@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks of one lent-GPU session, in one go (repository root, CUDA machine).
-# Packages the machine lacks travel as wheels in .whl/ (diffusers, kornia, kornia_rs, basicsr);
+# Packages the machine lacks travel as wheels in .whl/ (diffusers, kornia, kornia_rs, basicsr), made here with
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#       -d .whl diffusers==0.42.1 kornia==0.9.0 kornia_rs==0.2.0
+#   .venv/bin/python -m pip wheel --no-deps --no-build-isolation -w .whl basicsr==1.4.2
+# and carried with the call (carry: [".whl"]). The machine's own torch (2.11 when this ran) is used;
 # logs go to $OUT (default /tmp/headsup-gpu). Each step has its own time limit; a failing step
 # does not stop the others. Figures are copied into benchmarks/RESULTS.md by hand.
 set -u
