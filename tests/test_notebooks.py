@@ -14,10 +14,14 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-def execute(path: Path, parameters: str | None = None, timeout: int = 1200) -> nbformat.NotebookNode:
+def execute(path: Path, parameters: str | None = None, timeout: int = 1200,
+            stop_after: str | None = None) -> nbformat.NotebookNode:
     """Run a notebook from the notebooks folder; `parameters` (code) goes in a cell right after the
-    cell tagged "parameters", as papermill injects them. A failing cell raises CellExecutionError."""
+    cell tagged "parameters", as papermill injects them; `stop_after`: run only up to the first
+    cell containing this text. A failing cell raises CellExecutionError."""
     nb = nbformat.read(path, as_version=4)
+    if stop_after:
+        nb.cells = nb.cells[: next(i for i, c in enumerate(nb.cells) if stop_after in c.source) + 1]
     if parameters:
         at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
         nb.cells.insert(at + 1, nbformat.v4.new_code_cell(parameters))
@@ -79,3 +83,26 @@ def test_ablation_notebook_trains_tests_and_reads_four_variants(tmp_path, sample
         "identity"}
     assert configs["no_reference"]["model"]["generator"]["init_args"]["reference"] is False
     assert figures(nb) == 3  # loss curves, metric bars, SR crops with the face zoomed
+
+
+def test_ablation_notebook_writes_cluster_configs_the_cli_accepts(tmp_path, capsys):
+    """With a real experiment config (TINY off), the variant configs it writes for cluster jobs
+    parse with the real CLI parser and differ only where the variant says."""
+    from headsup.cli import build_cli
+
+    work = tmp_path / "cluster"
+    execute(ROOT / "notebooks" / "ablations.ipynb", "\n".join([
+        'BASE_CONFIG = "configs/experiments/headsup_portrait.yaml"', "TINY = False", "TRAIN = False",
+        f"WORK = {str(work)!r}",
+        'TEST_SETS = [{"name": "portrait", "hq": "/data/portrait_test", "kind": "portrait"}]',
+    ]), stop_after="configs[name] = path")
+    written = sorted((work / "configs").glob("*.yaml"))
+    assert [p.stem for p in written] == ["full", "no_face_supervision", "no_identity_loss", "no_reference"]
+    for path in written:
+        with pytest.raises(SystemExit) as exit_:
+            build_cli(["fit", "--config", str(path), "--print_config"])
+        assert exit_.value.code == 0, capsys.readouterr().err
+        cfg = yaml.safe_load(path.read_text())
+        assert cfg["trainer"]["default_root_dir"] == str(work / path.stem)
+        assert cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] == str(work / path.stem / "checkpoints")
+        assert cfg["data"]["test_sets"] == [{"name": "portrait", "hq": "/data/portrait_test", "kind": "portrait"}]
