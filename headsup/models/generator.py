@@ -41,6 +41,11 @@ from headsup.models.norm import use_split_group_norm
 # higher because GroupNorm computes in fp32), benchmarks/RESULTS.md "Memory of the untiled stages".
 # `tiling: auto` compares factor x map bytes with the budget before running a stage.
 STAGE_PEAK_FACTOR = {"encode": 9.0, "unet": 38.0, "decode": 9.6}
+# The factors come from the CPU allocator. On an H200, whole untiled calls in bf16 autocast peaked
+# at 1.42-1.53x the largest stage estimate once the 3.55 GiB of fp32 weights are taken off (512 to
+# 3840x2160 output; cuDNN workspaces, the caching allocator, the other stages' tensors): by default
+# "auto" budgets 60% of the free GPU memory, which leaves that margin.
+CUDA_BUDGET_SHARE = 0.6
 
 
 def _available_ram() -> float:
@@ -89,8 +94,8 @@ class OneStepSR(nn.Module):
         tile_batch: Tiles per network call.
         norm_passes: Passes that gather whole-image GroupNorm statistics before a tiled stage
             runs (0: each tile normalises itself; see `headsup.inference.tiling`).
-        memory_budget_gb: Memory one stage may use before "auto" tiles it; None: 90% of the free
-            CUDA memory at call time, or half the available RAM on the CPU.
+        memory_budget_gb: Memory one stage may use before "auto" tiles it; None: `CUDA_BUDGET_SHARE`
+            of the free CUDA memory at call time, or half the available RAM on the CPU.
         merge_lora: At inference, fold the LoRA updates into the base weights (one matmul per
             layer instead of three); unfolded again when training resumes.
         lora_scale: At inference, the strength of the UNet's LoRA (1: as trained; lower stays
@@ -294,7 +299,7 @@ class OneStepSR(nn.Module):
         if self.memory_budget_gb is not None:
             return self.memory_budget_gb * 2**30
         if device.type == "cuda":
-            return 0.9 * torch.cuda.mem_get_info(device)[0]
+            return CUDA_BUDGET_SHARE * torch.cuda.mem_get_info(device)[0]
         return 0.5 * _available_ram()
 
     def _should_tile(self, stage: str, x: torch.Tensor, factor: Fraction) -> bool:
