@@ -167,7 +167,7 @@ class SyncGroupNorm:
             mean, var = (s[self.owner].to(flat.dtype) for s in self.stats[key])
         else:  # first collecting pass: the tile's own statistics
             mean, var = group_stats(flat, g)
-        return normalize(x, mean, var, norm)
+        return normalize(flat.reshape(x.shape), mean, var, norm, dtype=x.dtype)  # flat is x in fp32 already
 
 
 DIVERGED = 0.3  # statistics still moving this much (relative, see finish_pass) between passes are not used

@@ -20,10 +20,11 @@ def group_stats(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tenso
     return mean, var
 
 
-def normalize(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+def normalize(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, norm: nn.GroupNorm,
+              dtype: torch.dtype | None = None) -> torch.Tensor:
     """`norm` applied to x with the given per-(sample, group) statistics, as y = x * a + b per
-    channel (one multiply-add per element). Computed in fp32; returned in x's dtype, or in fp32
-    under autocast (as autocast runs GroupNorm)."""
+    channel (one multiply-add per element). Computed in fp32; returned in `dtype` (default x's),
+    or in fp32 under autocast (as autocast runs GroupNorm)."""
     n, c = x.shape[:2]
     per_group = c // norm.num_groups
     a = torch.rsqrt(var.float() + norm.eps).repeat_interleave(per_group, dim=1)  # (n, c)
@@ -31,7 +32,7 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, norm: nn.G
     if norm.affine:
         a, b = a * norm.weight.float(), b * norm.weight.float() + norm.bias.float()
     y = torch.addcmul(b[..., None], x.reshape(n, c, -1).float(), a[..., None]).view(x.shape)
-    return y if torch.is_autocast_enabled(x.device.type) else y.to(x.dtype)
+    return y if torch.is_autocast_enabled(x.device.type) else y.to(dtype or x.dtype)
 
 
 class SplitGroupNorm(nn.GroupNorm):
