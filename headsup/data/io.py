@@ -71,9 +71,10 @@ def _to_float(array: np.ndarray) -> tuple[np.ndarray, int]:
         return array.astype(np.float32), 8
     if np.issubdtype(array.dtype, np.floating):
         # float images (TIFF mode F) are read as [0, 1]; other ranges would turn into garbage
-        if array.size and not (np.isfinite(array).all() and array.min() >= -1e-3 and array.max() <= 1 + 1e-3):
+        finite = bool(np.isfinite(array).all())
+        if array.size and not (finite and array.min() >= -1e-3 and array.max() <= 1 + 1e-3):
             raise ImageReadError(f"float pixels from {np.nanmin(array):g} to {np.nanmax(array):g} (NaN or inf "
-                                 f"{'present' if not np.isfinite(array).all() else 'absent'}); float images "
+                                 f"{'absent' if finite else 'present'}); float images "
                                  "are read as [0, 1]: rescale it or save it as 8- or 16-bit")
         return np.clip(array.astype(np.float32), 0.0, 1.0), 16
     raise ImageReadError(f"unsupported pixel type {array.dtype}")
