@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # frozen parts (VAE decoder, LPIPS, teachers) are in eval mode on purpose
@@ -27,6 +28,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 from headsup.callbacks import PredictWriter, ResultsWriter, VersionedSaveConfig  # noqa: E402
 from headsup.data.datamodule import SRDataModule  # noqa: E402
 from headsup.data.io import ImageReadError  # noqa: E402
+from headsup.models.generator import INFERENCE_OPTIONS  # noqa: E402
 from headsup.system import SRSystem  # noqa: E402
 
 
@@ -47,9 +49,7 @@ class HeadsupCLI(LightningCLI):
         parser.add_lightning_class_args(PredictWriter, "writer")
 
     # Inference-time choices of a run, not properties of the trained model.
-    RUN_KEYS = ("model.metrics", *(f"model.generator.init_args.{k}" for k in (
-        "tiling", "tile_size", "tile_overlap", "tile_batch", "norm_passes", "memory_budget_gb", "merge_lora",
-        "lora_scale", "reference_strength", "channels_last", "compile", "cuda_graphs", "split_group_norm")))
+    RUN_KEYS = ("model.metrics", *(f"model.generator.init_args.{k}" for k in INFERENCE_OPTIONS))
 
     def _parse_ckpt_path(self) -> None:
         # With --ckpt_path, Lightning replaces the model section by the checkpoint's; evaluation
@@ -60,6 +60,20 @@ class HeadsupCLI(LightningCLI):
         for key, value in kept.items():
             if value is not None:
                 self.config[f"{sub}.{key}"] = value
+
+
+def place_run(cfg: dict, run_dir: str | os.PathLike) -> dict:
+    """Point a loaded experiment config at one run folder: trainer root, a TensorBoard logger
+    writing into the folder itself, and every callback's `dirpath` (checkpoints) inside it. In place."""
+    run = Path(run_dir)
+    trainer = cfg.setdefault("trainer", {})
+    trainer["default_root_dir"] = str(run)
+    trainer["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                         "init_args": {"save_dir": str(run.parent), "name": run.name, "version": ""}}
+    for callback in trainer.get("callbacks") or []:
+        if "dirpath" in callback.get("init_args", {}):
+            callback["init_args"]["dirpath"] = str(run / "checkpoints")
+    return cfg
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> HeadsupCLI:

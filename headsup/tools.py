@@ -229,6 +229,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     from headsup.callbacks.predict_writer import PredictWriter
     from headsup.data.datamodule import SRDataModule
     from headsup.inference.blending import load_checkpoint
+    from headsup.models.generator import INFERENCE_OPTIONS
 
     if not Path(args.weights).is_file():
         raise FileNotFoundError(f"--weights: checkpoint not found: {args.weights}")
@@ -236,9 +237,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"input not found: {args.input}")
     system = load_checkpoint(args.weights)
     gen = system.generator
-    for option in ("tiling", "tile_size", "tile_overlap", "tile_batch", "norm_passes", "memory_budget_gb",
-                   "merge_lora", "lora_scale", "reference_strength", "channels_last", "compile", "cuda_graphs",
-                   "split_group_norm"):
+    for option in INFERENCE_OPTIONS:
         value = getattr(args, option)
         if value is not None:
             setattr(gen, option, value)

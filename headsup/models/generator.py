@@ -46,6 +46,11 @@ STAGE_PEAK_FACTOR = {"encode": 9.0, "unet": 38.0, "decode": 9.6}
 # 3840x2160 output; cuDNN workspaces, the caching allocator, the other stages' tensors): by default
 # "auto" budgets 60% of the free GPU memory, which leaves that margin.
 CUDA_BUDGET_SHARE = 0.6
+# Generator settings that shape inference only (not the trained weights): `predict --ckpt_path` and
+# `headsup-tools enhance` take them from the command line; a recorded CUDA graph is keyed on them.
+INFERENCE_OPTIONS = ("tiling", "tile_size", "tile_overlap", "tile_batch", "norm_passes", "memory_budget_gb",
+                     "merge_lora", "lora_scale", "reference_strength", "channels_last", "compile", "cuda_graphs",
+                     "split_group_norm")
 
 
 def _available_ram() -> float:
@@ -421,9 +426,7 @@ class OneStepSR(nn.Module):
 
     def _graph_key(self, lq: torch.Tensor) -> tuple:
         amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-        settings = (self.tiling, self.tile_size, self.tile_overlap, self.tile_batch, self.norm_passes,
-                    self.memory_budget_gb, self.merge_lora, self.lora_scale, self.channels_last, self.compile,
-                    self.split_group_norm)
+        settings = tuple(getattr(self, option) for option in INFERENCE_OPTIONS)
         return (tuple(lq.shape), lq.dtype, lq.device, amp, settings)
 
     def _graphed(self, lq: torch.Tensor) -> torch.Tensor:

@@ -205,11 +205,9 @@ def localize_tiny_headsup(cfg: dict, run_dir: str | Path, samples: str | Path, b
     of `write_tiny_weights` and the portrait manifest of `prepare_tiny_portrait_set`. Returns a copy."""
     import copy
 
-    cfg = copy.deepcopy(cfg)
-    run = Path(run_dir)
-    cfg["trainer"]["default_root_dir"] = str(run)
-    cfg["trainer"]["logger"]["init_args"].update(save_dir=str(run.parent), name=run.name, version="")
-    cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(run / "checkpoints")
+    from headsup.cli import place_run
+
+    cfg = place_run(copy.deepcopy(cfg), run_dir)
     model = cfg["model"]
     model["generator"]["init_args"]["backbone"] = {"class_path": "headsup.models.backbone.DiffusersFolder",
                                                    "init_args": {"path": str(backbone)}}
