@@ -230,12 +230,20 @@ def test_cuda_graphs_option_leaves_cpu_and_training_calls_eager():
 
 @pytest.mark.slow
 def test_compiled_generator_gives_the_same_output():  # about a minute of inductor compilation on the CPU
+    from torch._dynamo.utils import counters
+
     torch.manual_seed(0)
     gen = OneStepSR(TinySD()).eval()
     lq = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
         plain = gen(lq)
         gen.compile = True
+        torch._dynamo.reset()
+        counters.clear()
         compiled = gen(lq)
     assert gen._compiled and torch.allclose(compiled, plain, atol=1e-4)
+    # every stage ran compiled: the UNet, and the VAE's encoder and decoder that encode()/decode() call
+    # (compiling the VAE module itself would only cover AutoencoderKL.forward, which nothing calls)
+    assert [m._compiled_call_impl is not None for m in (gen.unet, gen.vae.encoder, gen.vae.decoder)] == [True] * 3
+    assert counters["stats"]["unique_graphs"] >= 3
     assert all(not k.startswith("_orig_mod") for k in gen.state_dict())  # checkpoints keep their keys

@@ -108,8 +108,8 @@ class OneStepSR(nn.Module):
         reference_strength: At inference, the weight of the reference latent (1: as trained; 0: no reference).
         channels_last: At inference, keep the UNet and VAE in the channels-last memory format (faster
             convolutions on tensor-core GPUs).
-        compile: At inference, compile the UNet and VAE with `torch.compile` (once; the first call of
-            each tile shape pays for compilation).
+        compile: At inference, compile the UNet and the VAE encoder and decoder with `torch.compile`
+            (once; the first call of each tile shape pays for compilation).
         cuda_graphs: At inference on a CUDA device, record the whole call (encode, UNet, decode) as a
             CUDA graph and replay it for later inputs of the same shape, dtype and settings: no
             Python or kernel-launch overhead per call (see benchmarks/RESULTS.md). The first call
@@ -405,8 +405,8 @@ class OneStepSR(nn.Module):
                 self.vae.to(memory_format=torch.channels_last)
                 lq = lq.contiguous(memory_format=torch.channels_last)
             if self.compile and not self._compiled:
-                self.unet.compile()
-                self.vae.compile()
+                for module in self.compiled_modules():
+                    module.compile()
                 self._compiled = True
         z = self.encode(lq)
         extra = self.conditioning(z, reference, landmarks, face_mask, has_reference) if self.reference else None
@@ -416,6 +416,11 @@ class OneStepSR(nn.Module):
                           self.unet, Fraction(1))
         image = self.decode(z0)[..., :out_h, :out_w]
         return SROutput(image=image, latent=z0)
+
+    def compiled_modules(self) -> tuple[nn.Module, ...]:
+        """What `compile` compiles: the UNet and the VAE's encoder and decoder. Not the VAE itself:
+        `vae.compile()` compiles only `AutoencoderKL.forward`, which `encode`/`decode` never call."""
+        return self.unet, self.vae.encoder, self.vae.decoder
 
     def forward(self, lq: torch.Tensor, **conditioning) -> torch.Tensor:
         """LQ (B, 3, h, w) in [0, 1] -> SR (B, 3, h*scale, w*scale) in [0, 1]."""
