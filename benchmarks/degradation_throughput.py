@@ -128,7 +128,8 @@ def main() -> None:
     np.random.seed(0)
 
     deg = RealESRGANDegradation(jpeg_backend=args.jpeg_backend).to(device)
-    batches = torch.from_numpy(images).permute(0, 3, 1, 2).to(device).split(args.batch)
+    # contiguous NCHW batches, as the DataModule's collate delivers them
+    batches = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device).split(args.batch)
     gen = torch.Generator(device=device).manual_seed(0)
 
     def sync():

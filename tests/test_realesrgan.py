@@ -135,6 +135,18 @@ def test_fft_blur_equals_direct_convolution(hq):
         assert torch.allclose(Fd.blur(hq, kern), direct, atol=1e-5), k
 
 
+def test_cpu_fft_blur_and_jpeg_in_chunks_equal_the_whole_batch(hq, monkeypatch):
+    kern = torch.rand(hq.shape[0], 21, 21, generator=torch.Generator().manual_seed(2))
+    kern = kern / kern.sum(dim=(1, 2), keepdim=True)
+    monkeypatch.setattr(Fd, "CPU_CHUNK_BYTES", 1 << 40)
+    whole = Fd.blur(hq, kern)
+    quality = torch.tensor([30.0, 50.0, 70.0, 95.0])
+    whole_jpeg = Fd.jpeg(hq, quality)
+    monkeypatch.setattr(Fd, "CPU_CHUNK_BYTES", 1)  # one sample at a time
+    assert torch.allclose(Fd.blur(hq, kern), whole, atol=1e-6)
+    assert torch.allclose(Fd.jpeg(hq, quality), whole_jpeg, atol=1e-6)
+
+
 def test_blur_trims_shared_zero_rings_and_skips_inactive_samples(hq):
     import kornia
 

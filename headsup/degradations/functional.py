@@ -17,6 +17,12 @@ import torch.nn.functional as F
 # FFT; at 128 about equal; at 64 direct is faster for every size).
 FFT_MIN_KERNEL = 15
 FFT_MIN_SIDE = 128
+# On the CPU the FFT blur and kornia's JPEG run a few samples at a time, at most this many bytes
+# counted at 8 per pixel and channel (2 samples of 256 px): a whole batch's temporaries are larger
+# than the buffers glibc keeps for reuse after a free, so every call page-faulted fresh memory
+# in. In chunks the FFT blur ran 1.5x and kornia's JPEG 1.7-3.6x faster (256-512 px, batch 16;
+# benchmarks/RESULTS.md). Same results: every sample is processed on its own.
+CPU_CHUNK_BYTES = 4 << 20
 
 
 def blur(x: torch.Tensor, kernels: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
@@ -26,7 +32,8 @@ def blur(x: torch.Tensor, kernels: torch.Tensor, active: torch.Tensor | None = N
     ignored). All-zero outer rings shared by every kernel are trimmed first (kernels of size 7
     padded to a 21 grid cost a 7x7 filter). Large kernels go through the FFT on the
     reflect-padded image, which equals the direct result (to float rounding) because the
-    circular wrap-around only touches the cropped border.
+    circular wrap-around only touches the cropped border; on the CPU a few samples at a time
+    (`CPU_CHUNK_BYTES`), with the same result.
     """
     if active is not None:
         if not bool(active.any()):
@@ -42,8 +49,23 @@ def blur(x: torch.Tensor, kernels: torch.Tensor, active: torch.Tensor | None = N
     h, w = x.shape[-2:]
     if k < FFT_MIN_KERNEL or min(h, w) < FFT_MIN_SIDE or r >= min(h, w):
         return kornia.filters.filter2d(x, kernels.to(x.dtype), border_type="reflect")
-    padded = F.pad(x, (r, r, r, r), mode="reflect")
+    return _in_cpu_chunks(_fft_blur, x.shape[1] * _fft_size(h + 2 * r) * _fft_size(w + 2 * r), x, kernels)
+
+
+def _in_cpu_chunks(fn, values_per_sample: int, x: torch.Tensor, *per_sample: torch.Tensor) -> torch.Tensor:
+    """fn(x, *per_sample), on the CPU over chunks of `CPU_CHUNK_BYTES` (8 bytes per value)."""
+    chunk = max(1, CPU_CHUNK_BYTES // (8 * values_per_sample)) if x.device.type == "cpu" else x.shape[0]
+    if chunk >= x.shape[0]:
+        return fn(x, *per_sample)
+    return torch.cat([fn(*parts) for parts in zip(x.split(chunk), *(t.split(chunk) for t in per_sample))])
+
+
+def _fft_blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    k = kernels.shape[-1]
+    r = k // 2
+    h, w = x.shape[-2:]
     size = (_fft_size(h + 2 * r), _fft_size(w + 2 * r))  # zeros beyond the padding never reach the crop
+    padded = F.pad(x, (r, r, r, r), mode="reflect")
     kern = torch.zeros(kernels.shape[0], *size, device=x.device, dtype=x.dtype)
     kern[:, :k, :k] = kernels.to(x.dtype).flip(-1, -2)
     kern = torch.roll(kern, shifts=(-r, -r), dims=(-2, -1))
@@ -129,7 +151,8 @@ def jpeg(x: torch.Tensor, quality: torch.Tensor, backend: str = "kornia") -> tor
     integer quality, one encode/decode call per distinct quality; 7-8x faster on CPU.
     """
     if backend == "kornia":
-        return kornia.enhance.jpeg_codec_differentiable(x.clamp(0, 1), quality.to(x.dtype)).clamp(0, 1)
+        codec = kornia.enhance.jpeg_codec_differentiable
+        return _in_cpu_chunks(codec, x[0].numel(), x.clamp(0, 1), quality.to(x.dtype)).clamp(0, 1)
     if backend != "libjpeg":
         raise ValueError(f"unknown JPEG backend '{backend}' (kornia or libjpeg)")
     from torchvision.io import decode_jpeg, encode_jpeg
