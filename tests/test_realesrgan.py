@@ -145,6 +145,9 @@ def test_cpu_fft_blur_and_jpeg_in_chunks_equal_the_whole_batch(hq, monkeypatch):
     monkeypatch.setattr(Fd, "CPU_CHUNK_BYTES", 1)  # one sample at a time
     assert torch.allclose(Fd.blur(hq, kern), whole, atol=1e-6)
     assert torch.allclose(Fd.jpeg(hq, quality), whole_jpeg, atol=1e-6)
+    shared = Fd.jpeg(hq, torch.tensor(50.0))  # one quality factor for the whole batch
+    assert torch.allclose(shared[1], whole_jpeg[1], atol=1e-6)
+    assert torch.equal(Fd.jpeg(hq, torch.tensor(50.0), "libjpeg"), Fd.jpeg(hq, quality.fill_(50), "libjpeg"))
 
 
 def test_blur_trims_shared_zero_rings_and_skips_inactive_samples(hq):

@@ -57,7 +57,8 @@ def _in_cpu_chunks(fn, values_per_sample: int, x: torch.Tensor, *per_sample: tor
     chunk = max(1, CPU_CHUNK_BYTES // (8 * values_per_sample)) if x.device.type == "cpu" else x.shape[0]
     if chunk >= x.shape[0]:
         return fn(x, *per_sample)
-    return torch.cat([fn(*parts) for parts in zip(x.split(chunk), *(t.split(chunk) for t in per_sample))])
+    parts = zip(x.split(chunk), *(t.split(chunk) for t in per_sample), strict=True)
+    return torch.cat([fn(*p) for p in parts])
 
 
 def _fft_blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
@@ -150,9 +151,10 @@ def jpeg(x: torch.Tensor, quality: torch.Tensor, backend: str = "kornia") -> tor
     backend "libjpeg": the real codec through torchvision (libjpeg-turbo on CPU, nvJPEG on CUDA),
     integer quality, one encode/decode call per distinct quality; 7-8x faster on CPU.
     """
+    quality = quality.to(x.dtype).expand(x.shape[0])  # one factor for all, or one per sample
     if backend == "kornia":
         codec = kornia.enhance.jpeg_codec_differentiable
-        return _in_cpu_chunks(codec, x[0].numel(), x.clamp(0, 1), quality.to(x.dtype)).clamp(0, 1)
+        return _in_cpu_chunks(codec, x[0].numel(), x.clamp(0, 1), quality).clamp(0, 1)
     if backend != "libjpeg":
         raise ValueError(f"unknown JPEG backend '{backend}' (kornia or libjpeg)")
     from torchvision.io import decode_jpeg, encode_jpeg
