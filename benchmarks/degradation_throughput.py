@@ -3,7 +3,8 @@
 The reference is the same recipe the way BasicSR/Real-ESRGAN/OSEDiff datasets run it on the
 CPU, one image at a time: basicsr's numpy kernel synthesis (random_mixed_kernels,
 circular_lowpass_kernel), OpenCV filtering and resizing, basicsr's numpy noise and OpenCV
-JPEG. Both run on the same images in the same process.
+JPEG (`realesrgan_reference.reference_one` with `NumpyOps`). Both run on the same images in
+the same process.
 
     python benchmarks/degradation_throughput.py --size 256 [--device cuda] [--batch 16] [--images 64]
         [--jpeg-backend kornia|libjpeg] [--reference-images 64]
@@ -19,81 +20,15 @@ import json
 import math
 import platform
 import random
-import sys
 import time
 
 import cv2
 import numpy as np
 import torch
-import torchvision.transforms._functional_tensor as _ft
+from realesrgan_reference import NumpyOps, reference_one  # the sibling module; it makes basicsr importable
+from skimage.data import astronaut, chelsea, coffee, rocket
 
-sys.modules.setdefault("torchvision.transforms.functional_tensor", _ft)  # basicsr 1.4.2 imports the old name
-
-from basicsr.data.degradations import (  # noqa: E402
-    add_jpg_compression,
-    circular_lowpass_kernel,
-    random_add_gaussian_noise,
-    random_add_poisson_noise,
-    random_mixed_kernels,
-)
-from skimage.data import astronaut, chelsea, coffee, rocket  # noqa: E402
-
-from headsup.degradations import RealESRGANDegradation  # noqa: E402
-
-KERNEL_LIST = ["iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso"]
-KERNEL_PROB = [0.45, 0.25, 0.12, 0.03, 0.12, 0.03]
-CV_MODES = [cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC]
-
-
-def _kernel(sigma, sinc_prob=0.1, betag=(0.5, 4), betap=(1, 2)):
-    size = random.choice([7, 9, 11, 13, 15, 17, 19, 21])
-    if np.random.uniform() < sinc_prob:
-        omega = np.random.uniform(np.pi / 3, np.pi) if size < 13 else np.random.uniform(np.pi / 5, np.pi)
-        k = circular_lowpass_kernel(omega, size, pad_to=False)
-    else:
-        k = random_mixed_kernels(KERNEL_LIST, KERNEL_PROB, size, sigma, sigma, [-math.pi, math.pi], betag, betap,
-                                 noise_range=None)
-    pad = (21 - size) // 2
-    return np.pad(k, ((pad, pad), (pad, pad)))
-
-
-def _resize(img, probs, rng, shape=None):
-    h, w = img.shape[:2]
-    kind = random.choices(["up", "down", "keep"], probs)[0]
-    s = np.random.uniform(1, rng[1]) if kind == "up" else np.random.uniform(rng[0], 1) if kind == "down" else 1
-    if shape is not None:
-        h, w = shape
-    return cv2.resize(img, (max(1, int(w * s)), max(1, int(h * s))), interpolation=random.choice(CV_MODES))
-
-
-def _noise(img, sigma, pscale):
-    if np.random.uniform() < 0.5:
-        return random_add_gaussian_noise(img, sigma_range=sigma, gray_prob=0.4, clip=True, rounds=False)
-    return random_add_poisson_noise(img, scale_range=pscale, gray_prob=0.4, clip=True, rounds=False)
-
-
-def reference_one(img: np.ndarray, scale: int = 4) -> np.ndarray:
-    """Real-ESRGAN's second-order recipe on one float32 HxWx3 image in [0, 1], numpy/OpenCV."""
-    h, w = img.shape[:2]
-    out = cv2.filter2D(img, -1, _kernel((0.2, 3)), borderType=cv2.BORDER_REFLECT_101)
-    out = _resize(out, [0.2, 0.7, 0.1], [0.15, 1.5])
-    out = _noise(out, (1, 30), (0.05, 3))
-    out = add_jpg_compression(np.clip(out, 0, 1), quality=int(np.random.uniform(30, 95)))
-    if np.random.uniform() < 0.8:
-        out = cv2.filter2D(out, -1, _kernel((0.2, 1.5)), borderType=cv2.BORDER_REFLECT_101)
-    out = _resize(out, [0.3, 0.4, 0.3], [0.3, 1.2], shape=(h // scale, w // scale))
-    out = _noise(out, (1, 25), (0.05, 2.5))
-    sinc = circular_lowpass_kernel(np.random.uniform(np.pi / 3, np.pi), random.choice(range(7, 22, 2)), pad_to=21)
-    target = (w // scale, h // scale)
-    if np.random.uniform() < 0.5:
-        out = cv2.resize(out, target, interpolation=random.choice(CV_MODES))
-        out = cv2.filter2D(out, -1, sinc, borderType=cv2.BORDER_REFLECT_101)
-        out = add_jpg_compression(np.clip(out, 0, 1), quality=int(np.random.uniform(30, 95)))
-    else:
-        out = add_jpg_compression(np.clip(out, 0, 1), quality=int(np.random.uniform(30, 95)))
-        out = cv2.resize(out, target, interpolation=random.choice(CV_MODES))
-        out = cv2.filter2D(out, -1, sinc, borderType=cv2.BORDER_REFLECT_101)
-    return np.clip((out * 255).round() / 255, 0, 1)
+from headsup.degradations import RealESRGANDegradation
 
 
 def crops(n: int, size: int) -> np.ndarray:
@@ -143,15 +78,16 @@ def main() -> None:
         sync()
 
     ref_images = images[: args.reference_images or args.images]
+    ops = NumpyOps()
 
     def reference_pass():
         random.seed(0)
         np.random.seed(0)
         for img in ref_images:
-            reference_one(img)
+            reference_one(img, ops)
 
     batched_pass()  # warm-up (kernels, allocator, JPEG tables)
-    reference_one(images[0])
+    reference_one(images[0], ops)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
