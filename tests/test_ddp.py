@@ -87,3 +87,39 @@ def test_test_metrics_equal_single_process_and_two_process_ddp(tmp_path, samples
         for method in ("headsup", "bicubic"):
             for metric, value in sets[1][name][method].items():
                 assert abs(sets[2][name][method][metric] - value) < 1e-6, (name, method, metric)
+
+
+def test_nan_loss_on_one_rank_is_skipped_by_both_ranks(tmp_path, samples_dir, tiny_sd_dir):
+    """Rank 1's loss is NaN at its second update: both ranks skip it (one decision for all), stay in
+    step and end with identical weights after max_steps good updates."""
+    import signal
+
+    import yaml
+
+    config = make_config(tmp_path, samples_dir, tiny_sd_dir, max_steps=4, val_check_interval=1000,
+                         limit_val_batches=0)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["objectives"] = {"mse": {"class_path": "tests.ddp_probe.NanOnRank",
+                                          "init_args": {"rank": 1, "call": 1}}}
+    cfg["trainer"]["callbacks"].append({"class_path": "tests.ddp_probe.DumpState",
+                                        "init_args": {"out": str(tmp_path / "probe")}})
+    cfg["data"]["val_sets"] = []
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cmd = [sys.executable, "-m", "headsup.cli", "fit", "--config", str(config), "--data.crop_size", "16",
+           "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:  # ranks that disagree on a skip wait for each other forever
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("2-process run hung: the ranks went out of step")
+    assert proc.returncode == 0, err[-3000:]
+    ranks = [torch.load(tmp_path / "probe" / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for state in ranks:
+        assert (state["skipped_steps"], state["generator_updates"], state["global_step"]) == (1, 4, 4)
+    assert ranks[0]["weights"].keys() == ranks[1]["weights"].keys() and ranks[0]["weights"]
+    for name, weight in ranks[0]["weights"].items():
+        assert torch.equal(weight, ranks[1]["weights"][name]), name
