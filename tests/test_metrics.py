@@ -1,10 +1,12 @@
-"""PSNR/SSIM follow BasicSR's conventions; checked against independent implementations."""
+"""PSNR/SSIM follow BasicSR's conventions, checked against independent implementations; the extra
+metrics (LMD, identity cosine, NIQE, FID, LPIPS) give their known values on identity cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from skimage.data import astronaut
 from skimage.metrics import structural_similarity
 
@@ -83,3 +85,111 @@ def test_agrees_with_pyiqa_when_conventions_match(pair):
     assert abs(float(y_ssim) - float(ssim(sr, hq, 4))) > 1e-4  # the rounding is a real difference
     yiq = pyiqa.create_metric("psnr", test_y_channel=True, **kw)(sr, hq)
     assert abs(float(yiq) - float(y_psnr)) > 0.5  # and pyiqa's default Y is another quantity
+
+
+# ---------------------------------------------------------------- extra metrics on identity cases
+LANDMARKS = [[205.01, 101.73], [246.76, 103.71], [224.67, 128.96], [201.72, 139.25], [245.27, 141.86]]
+
+
+@pytest.fixture(scope="module")
+def face():
+    """The astronaut photo with its MTCNN face landmarks, as a one-face batch."""
+    hq = torch.from_numpy(astronaut()).permute(2, 0, 1).float()[None] / 255
+    batch = {"face_valid": torch.ones(1, 1, dtype=torch.bool), "face_landmarks": torch.tensor([[LANDMARKS]])}
+    return hq, batch
+
+
+def test_landmark_distance_is_zero_on_hq_and_the_shift_on_a_shifted_copy(face):
+    from headsup.metrics.extra import LandmarkDistance
+
+    hq, batch = face
+    lmd = LandmarkDistance()
+    assert float(lmd.scores(hq, hq, batch)[0]) < 0.5  # px: MTCNN finds the annotated landmarks again
+    shifted = torch.roll(hq, shifts=(4, 6), dims=(2, 3))  # 4 px down, 6 px right: every landmark moves sqrt(52)
+    assert float(lmd.scores(shifted, hq, batch)[0]) == pytest.approx(52**0.5, abs=0.6)
+
+
+def test_identity_cosine_is_one_for_the_same_face(face, facenet_file):
+    from headsup.metrics.extra import IdentityCosine
+
+    hq, batch = face
+    deg = IdentityCosine(str(facenet_file))
+    same = float(deg.scores(hq, hq, batch)[0])
+    assert same == pytest.approx(1.0, abs=1e-6)
+    noisy = (hq + 0.2 * torch.randn(hq.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    other = float(deg.scores(noisy, hq, batch)[0])
+    assert -1 <= other < same - 1e-6  # random weights: embeddings of any two faces are close, yet not equal
+
+
+def _niqe_features(rgb: torch.Tensor) -> torch.Tensor:
+    """NIQE's 36 per-block features (18 at full and 18 at half scale, 96 px blocks) from pyiqa's parts."""
+    from pyiqa.archs.func_util import normalize_img_with_gauss
+    from pyiqa.archs.niqe_arch import compute_feature
+    from pyiqa.matlab_utils import blockproc, imresize
+    from pyiqa.utils.color_util import to_y_channel
+
+    y = to_y_channel(rgb, 255, "yiq").round().double()
+    out = []
+    for scale in (1, 2):
+        out.append(blockproc(normalize_img_with_gauss(y, padding="replicate"), [96 // scale] * 2, fun=compute_feature))
+        y = imresize(y / 255.0, scale=0.5, antialiasing=True) * 255.0
+    return torch.cat(out, -1)[0]
+
+
+def test_niqe_scores_a_sharp_photo_better_than_its_blurred_copy(tmp_path):
+    """NIQE's pristine model (the .mat pyiqa would download) fitted here on three other sharp photos."""
+    import scipy.io
+    from skimage.data import chelsea, coffee, rocket
+
+    from headsup.metrics.extra import PyiqaMetric
+
+    def rgb(a):
+        return torch.from_numpy(a).permute(2, 0, 1).float()[None] / 255
+
+    feats = torch.cat([_niqe_features(rgb(f()[:288, :384])) for f in (coffee, chelsea, rocket)]).numpy()
+    params = tmp_path / "niqe_pristine.mat"
+    scipy.io.savemat(params, {"mu_prisparam": feats.mean(0)[None], "cov_prisparam": np.cov(feats, rowvar=False)})
+    niqe = PyiqaMetric("niqe", str(params))
+    assert niqe.unavailable is None and not niqe.needs_hq
+    sharp = rgb(astronaut()[:288, 112:400])
+    blurred = F.avg_pool2d(sharp, 5, 1, 2, count_include_pad=False)
+    assert float(niqe.scores(sharp, blurred, {})[0]) + 2 < float(niqe.scores(blurred, sharp, {})[0])
+
+
+def test_fid_of_a_set_against_itself_is_zero(fid_file, tmp_path):
+    from headsup.metrics.extra import FIDMetric
+
+    # The stand-in's default init shrinks activations to ~1e-8 over Inception's depth, which makes
+    # every FID ~0; variance-preserving (He) conv weights keep the features informative.
+    state = torch.load(fid_file, weights_only=True)
+    gen = torch.Generator().manual_seed(0)
+    for key, value in state.items():
+        if value.ndim == 4:
+            state[key] = torch.randn(value.shape, generator=gen) * (2 / value[0].numel()) ** 0.5
+    torch.save(state, tmp_path / "fid_he.pth")
+    img = torch.from_numpy(astronaut()).permute(2, 0, 1).float() / 255
+    images = torch.stack([img[:, y:y + 64, x:x + 64] for y, x in ((0, 0), (200, 300), (400, 100))])
+    fid = FIDMetric(str(tmp_path / "fid_he.pth"))
+    same, blurred = fid.make(), fid.make()
+    fid.update(same, images, images, {})
+    fid.update(blurred, F.avg_pool2d(images, 5, 1, 2, count_include_pad=False), images, {})
+    far = float(blurred.compute())
+    assert far > 1e-3
+    assert abs(float(same.compute())) < 1e-3 * far
+
+
+def test_lpips_metric_equals_the_lpips_loss(lpips_files):
+    from headsup.metrics.extra import LPIPSMetric
+    from headsup.objectives.base import StepContext
+    from headsup.objectives.reconstruction import LPIPSLoss
+
+    hq = torch.from_numpy(astronaut()[100:148, 180:228]).permute(2, 0, 1).float()[None] / 255
+    sr = torch.cat([hq.flip(-1), F.avg_pool2d(hq, 3, 1, 1, count_include_pad=False)])
+    hq = hq.repeat(2, 1, 1, 1)
+    metric = LPIPSMetric(str(lpips_files[0]), str(lpips_files[1]))
+    loss = LPIPSLoss(str(lpips_files[0]), str(lpips_files[1]))
+    with torch.no_grad():
+        scores = metric.scores(sr, hq, {})
+        for k in range(2):
+            expected = float(loss.generator_loss(StepContext(lq=hq[k:k + 1], hq=hq[k:k + 1], sr=sr[k:k + 1])))
+            assert float(scores[k]) == pytest.approx(expected, rel=1e-6) and expected > 1e-3

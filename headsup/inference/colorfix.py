@@ -3,9 +3,11 @@
 - AdaIN: per-channel mean and standard deviation of the SR are replaced by those of the
   reference (the bicubic-upsampled LQ): a global colour and contrast match.
 - Wavelet: the SR's low-frequency part is replaced by the reference's. Both images are
-  split with an a-trous (dilated) Haar-like blur pyramid of `levels` levels (3x3 binomial
-  kernel, dilations 1, 2, 4, ...); the output is the SR's high frequencies plus the
-  reference's residual low frequencies: local colour follows the input, detail follows the SR.
+  split with an a-trous (dilated) blur pyramid of `levels` levels (3x3 binomial kernel
+  [[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16, dilations 1, 2, 4, ..., borders padded by
+  replicating the edge pixels, as StableSR/OSEDiff); the output is the SR's high frequencies
+  plus the reference's residual low frequencies: local colour follows the input, detail
+  follows the SR. Unlike StableSR the result is clamped to [0, 1].
 
 Both work on RGB in [0, 1] only (alpha is handled separately by the callers).
 """
@@ -27,8 +29,7 @@ def _blur(x: torch.Tensor, dilation: int) -> torch.Tensor:
     k = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
     kernel = torch.outer(k, k).expand(x.shape[1], 1, 3, 3)
     pad = dilation
-    mode = "reflect" if min(x.shape[-2:]) > pad else "replicate"
-    return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode=mode), kernel, dilation=dilation, groups=x.shape[1])
+    return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="replicate"), kernel, dilation=dilation, groups=x.shape[1])
 
 
 def wavelet_split(x: torch.Tensor, levels: int = 5) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,8 @@ or per-face scores, summed across DDP ranks). Anything that needs weights loads 
 local file; a missing file makes the metric *unavailable* (named in results.json with the path
 to put the file) instead of stopping the sweep. No-reference metrics also score LQ-only sets.
 
-- `LPIPSMetric`: LPIPS-VGG (our module, local VGG16 + LPIPS weights), lower is better.
+- `LPIPSMetric`: LPIPS-VGG (our module: local VGG16, LPIPS v0.1 linear layers torchmetrics ships), lower
+  is better.
 - `PyiqaMetric`: any pyiqa metric by name with its local weights: no-reference NIQE, MUSIQ,
   MANIQA, CLIPIQA; full-reference DISTS.
 - `IdentityCosine` ("Deg"): cosine of InceptionResnetV1 embeddings of SR and HQ faces aligned at
@@ -72,21 +73,28 @@ def _missing(path: str | None, what: str) -> str | None:
 
 
 class LPIPSMetric(ExtraMetric):
-    """LPIPS-VGG between SR and HQ (lower is better).
+    """LPIPS-VGG between SR and HQ (lower is better); the same network as the `LPIPSLoss` objective
+    (shared with it when both use the same files).
 
     Args:
-        vgg_weights: torchvision VGG16 state dict.
-        lpips_weights: LPIPS v0.1 linear weights.
+        vgg_weights: torchvision VGG16 state dict (`vgg16-397923af.pth`).
+        lpips_weights: LPIPS v0.1 linear weights; default (None): the `vgg.pth` torchmetrics ships.
     """
 
     def __init__(self, vgg_weights: str | None = None, lpips_weights: str | None = None) -> None:
         super().__init__()
-        self.unavailable = _missing(vgg_weights, "lpips (VGG16)") or _missing(lpips_weights, "lpips (linear layers)")
+        from headsup.models.lpips import LPIPS, shipped_lpips_weights
+
+        if lpips_weights is None:
+            try:
+                lpips_weights = str(shipped_lpips_weights())
+            except FileNotFoundError as err:
+                lpips_weights, self.unavailable = None, f"lpips (LPIPSMetric {err})"
+        self.unavailable = (self.unavailable or _missing(vgg_weights, "lpips (LPIPSMetric vgg_weights, VGG16)")
+                            or _missing(lpips_weights, "lpips (LPIPSMetric lpips_weights, linear layers)"))
         self.net = None
         if self.unavailable is None:
-            from headsup.models.lpips import LPIPS
-
-            self.net = LPIPS.from_files(vgg_weights, lpips_weights)
+            self.net = LPIPS.shared(vgg_weights, lpips_weights, owner="LPIPSMetric")
 
     def scores(self, sr, hq, batch):
         return self.net(sr * 1.0, hq).flatten()

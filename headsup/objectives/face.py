@@ -82,21 +82,23 @@ class FaceMSE(_FaceObjective):
 
 
 class FaceLPIPS(_FaceObjective):
-    """LPIPS (VGG) on face crops; needs the same local weights as `LPIPSLoss`.
+    """LPIPS (VGG) on face crops; needs the same local VGG16 file as `LPIPSLoss` (one shared
+    frozen network when both use the same files).
 
     Args:
         vgg_weights: torchvision VGG16 state dict (`vgg16-397923af.pth`).
-        lpips_weights: LPIPS linear-layer weights (`vgg.pth` of LPIPS v0.1).
+        lpips_weights: LPIPS linear-layer weights; default (None): the LPIPS v0.1 `vgg.pth`
+            torchmetrics ships.
         weight: Multiplier of the term (HeadsUp: 0.8).
         start_step: Generator update from which it is active.
         size: Side the face crops are resampled to.
         expand: Crop side as a multiple of the face box's longer side.
     """
 
-    def __init__(self, vgg_weights: str, lpips_weights: str, weight: float = 0.8, start_step: int = 0,
-                 size: int = 128, expand: float = 1.0) -> None:
+    def __init__(self, vgg_weights: str, lpips_weights: str | None = None, weight: float = 0.8,
+                 start_step: int = 0, size: int = 128, expand: float = 1.0) -> None:
         super().__init__(weight, start_step, size, expand)
-        self.lpips = LPIPS.from_files(vgg_weights, lpips_weights)
+        self.lpips = LPIPS.shared(vgg_weights, lpips_weights, owner="FaceLPIPS")
 
     def distance(self, sr: torch.Tensor, hq: torch.Tensor) -> torch.Tensor:
         return self.lpips(sr, hq).mean()

@@ -25,18 +25,20 @@ class PixelMSE(Objective):
 
 
 class LPIPSLoss(Objective):
-    """LPIPS distance (VGG) between SR and HQ; needs local weights.
+    """LPIPS distance (VGG) between SR and HQ; needs the local torchvision VGG16 file.
 
     Args:
         vgg_weights: torchvision VGG16 state dict (`vgg16-397923af.pth`).
-        lpips_weights: LPIPS linear-layer weights (`vgg.pth` of the LPIPS v0.1 release).
+        lpips_weights: LPIPS linear-layer weights; default (None): the LPIPS v0.1 `vgg.pth`
+            torchmetrics ships.
         weight: Multiplier of the term.
         start_step: Generator update from which it is active.
     """
 
-    def __init__(self, vgg_weights: str, lpips_weights: str, weight: float = 2.0, start_step: int = 0) -> None:
+    def __init__(self, vgg_weights: str, lpips_weights: str | None = None, weight: float = 2.0,
+                 start_step: int = 0) -> None:
         super().__init__(weight, start_step)
-        self.lpips = LPIPS.from_files(vgg_weights, lpips_weights)
+        self.lpips = LPIPS.shared(vgg_weights, lpips_weights, owner="LPIPSLoss")
 
     def generator_loss(self, ctx: StepContext):
         return self.lpips(ctx.sr.float(), ctx.hq.float()).mean()
