@@ -12,6 +12,7 @@ shows the resolved configuration.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 # checkpoints of manual optimisation hold the state after the update, which is what we want
 warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization")
 
+from jsonargparse import Namespace  # noqa: E402
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI  # noqa: E402
 
 from headsup.callbacks import PredictWriter, ResultsWriter, VersionedSaveConfig  # noqa: E402
@@ -47,6 +49,16 @@ class HeadsupCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ResultsWriter, "results")
         parser.add_lightning_class_args(PredictWriter, "writer")
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:  # noqa: BLE001 - re-raised, with the config key of a missing file added
+            cause = _input_error(err)
+            keys = _keys_naming(self.config, str(cause)) if isinstance(cause, FileNotFoundError) else []
+            if not keys:
+                raise
+            raise FileNotFoundError(f"{cause} (set by {', '.join(keys)})") from err
 
     # Inference-time choices of a run, not properties of the trained model.
     RUN_KEYS = ("model.metrics", *(f"model.generator.init_args.{k}" for k in INFERENCE_OPTIONS))
@@ -94,14 +106,39 @@ def build_cli(args: ArgsType = None, run: bool = True) -> HeadsupCLI:
 def main(args: ArgsType = None) -> int:
     """Entry point of the `headsup` command; returns the exit status."""
     try:
-        build_cli(args)
+        cli = build_cli(args)
     except Exception as err:  # noqa: BLE001 - only a missing/unreadable file is reported, the rest re-raised
         cause = _input_error(err)
         if cause is None:
             raise
         print(f"headsup: error: {cause}", file=sys.stderr)
         return 2
+    if cli.trainer.received_sigterm:  # stopped early (preempted, time limit): last.ckpt saved, but not done
+        print("headsup: stopped by SIGTERM after saving; resume with --ckpt_path last", file=sys.stderr)
+        return 143
     return 0
+
+
+def _leaves(node, prefix: str = ""):
+    """(dotted key, value) of every leaf of a parsed config (namespaces, dicts and lists)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else \
+        vars(node).items() if isinstance(node, Namespace) else None
+    if items is None:
+        yield prefix, node
+        return
+    for key, value in items:
+        yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+
+
+def _keys_naming(config, message: str) -> list[str]:
+    """The config keys (without the subcommand) whose string value appears in `message` as a whole word."""
+    sub = config.get("subcommand")
+    keys = []
+    for key, value in _leaves(config.get(sub) if sub else config):
+        if isinstance(value, (str, os.PathLike)) and str(value) and re.search(
+                rf"(?<![\w/.~-]){re.escape(str(value))}(?![\w/.~-])", message):
+            keys.append(f"--{key}")
+    return keys
 
 
 def _input_error(err: BaseException) -> BaseException | None:

@@ -72,6 +72,14 @@ def fid_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> dict[str, Path]:
+    """The random stand-in weight files of `headsup-tools tiny-weights` (written once per session)."""
+    from headsup.testing.tiny import write_tiny_weights
+
+    return write_tiny_weights(tmp_path_factory.mktemp("tiny_weights"))
+
+
 def make_config(tmp_path: Path, samples: Path, backbone: Path, test_crop: int = 64, **trainer) -> Path:
     """The quickstart config with every path moved under tmp_path and trainer overrides applied."""
     cfg = yaml.safe_load(QUICKSTART.read_text())

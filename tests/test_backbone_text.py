@@ -41,3 +41,71 @@ def test_prompt_embedding_comes_from_the_text_encoder(tmp_path):
     assert built.prompt_embeds.shape == (1, 8, TINY_UNET["cross_attention_dim"])
     assert torch.allclose(built.prompt_embeds, expected, atol=1e-6)
     assert built.prompt_embeds.abs().sum() > 0
+
+
+def _text_folder(root):
+    """A tiny diffusers folder as the hub lays it out, with a CLIP text encoder and tokenizer."""
+    from headsup.testing.tiny import tiny_text_encoder
+
+    parts = TinySD().build()
+    parts.unet.save_pretrained(root / "unet")
+    parts.vae.save_pretrained(root / "vae")
+    tok, encoder = tiny_text_encoder()
+    tok.save_pretrained(root / "tokenizer")
+    encoder.save_pretrained(root / "text_encoder")
+    return tok, encoder
+
+
+def test_one_command_loads_the_text_encoder_once_and_drops_it(tmp_path, samples_dir, monkeypatch):
+    """Generator prompt + the VSD teacher's CFG pair: one text-encoder load for the whole command,
+    each prompt embedded by the real encoder, and the encoder gone once the model is built."""
+    import yaml
+
+    from headsup.cli import build_cli
+    from tests.conftest import make_config
+
+    tok, encoder = _text_folder(tmp_path / "sd")
+    loads = []
+    real = CLIPTextModel.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        loads.append(args)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPTextModel, "from_pretrained", classmethod(counting))
+    config = make_config(tmp_path, samples_dir, tmp_path / "sd")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["objectives"]["vsd"] = {"class_path": "headsup.objectives.vsd.VSDLoss", "init_args": {"scores": {
+        "class_path": "headsup.models.teacher.TeacherWithFakeScore",
+        "init_args": {"guidance_scale": 7.5, "prompt": "a", "negative_prompt": "b"}}}}
+    config.write_text(yaml.safe_dump(cfg))
+    model = build_cli(["--config", str(config)], run=False).model
+    assert len(loads) == 1
+    scores = model.objectives["vsd"].scores
+    with torch.no_grad():
+        expected = encoder(tok(["", "a", "b"], padding="max_length", max_length=16, return_tensors="pt").input_ids)[0]
+    assert torch.allclose(model.generator.prompt_embeds[0], expected[0], atol=1e-6)
+    assert torch.allclose(scores.prompt_embeds[0], expected[1], atol=1e-6)
+    assert torch.allclose(scores.negative_embeds[0], expected[2], atol=1e-6)
+    assert model.generator.backbone_source._text is None  # released: nothing holds the encoder any more
+
+
+def test_folder_without_text_encoder_warns_and_a_cfg_teacher_on_it_is_refused(tmp_path):
+    import pytest
+
+    from headsup.models.generator import OneStepSR
+    from headsup.models.teacher import TeacherWithFakeScore
+    from headsup.objectives.vsd import VSDLoss
+    from headsup.system import SRSystem
+
+    parts = TinySD().build()
+    parts.unet.save_pretrained(tmp_path / "unet")
+    parts.vae.save_pretrained(tmp_path / "vae")
+    with pytest.warns(UserWarning, match="no text_encoder/ \\+ tokenizer/.*embed as zeros"):
+        generator = OneStepSR(DiffusersFolder(str(tmp_path)))
+    assert generator.prompt_embeds.abs().sum() == 0
+    with pytest.warns(UserWarning, match="embed as zeros"), \
+            pytest.raises(ValueError, match="embed identically.*guidance_scale 7.5.*negative_prompt"):
+        SRSystem(generator, {"vsd": VSDLoss(TeacherWithFakeScore(guidance_scale=7.5, prompt="a portrait"))})
+    with pytest.warns(UserWarning, match="embed as zeros"):  # no guidance: nothing for the prompts to do
+        SRSystem(generator, {"vsd": VSDLoss(TeacherWithFakeScore(guidance_scale=1.0))})

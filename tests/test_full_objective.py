@@ -38,13 +38,6 @@ def tiny_config(tmp_path: Path, samples: Path, backbone: Path, weights: dict, po
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    from headsup.testing.tiny import write_tiny_weights
-
-    return write_tiny_weights(tmp_path_factory.mktemp("tiny_weights"))
-
-
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 

@@ -57,10 +57,10 @@ def test_degradation_gallery_runs():
     assert "configured" in text and "plateau_iso" in text
 
 
-def test_ablation_notebook_trains_tests_and_reads_four_variants(tmp_path, samples_dir, tiny_sd_dir):
-    from headsup.testing.tiny import prepare_tiny_portrait_set, write_tiny_weights
+def test_ablation_notebook_trains_tests_and_reads_four_variants(tmp_path, samples_dir, tiny_sd_dir, tiny_weights):
+    from headsup.testing.tiny import prepare_tiny_portrait_set
 
-    inputs = {"samples": samples_dir, "backbone": tiny_sd_dir, "weights": write_tiny_weights(tmp_path / "weights"),
+    inputs = {"samples": samples_dir, "backbone": tiny_sd_dir, "weights": tiny_weights,
               "portraits": prepare_tiny_portrait_set(samples_dir)}
     work = tmp_path / "ablations"
     plain = {k: str(v) if isinstance(v, Path) else {n: str(p) for n, p in v.items()} for k, v in inputs.items()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,9 @@ class BackboneSource:
         """(N, L, D) text embeddings of `prompts`, computed once (e.g. CFG's prompt pair)."""
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Drop whatever was kept only to serve later builds (e.g. a loaded text encoder)."""
+
 
 def _schedule(config: dict) -> tuple[torch.Tensor, str]:
     known = {k: v for k, v in config.items() if not k.startswith("_")}
@@ -93,8 +97,11 @@ def _schedule(config: dict) -> tuple[torch.Tensor, str]:
 class DiffusersFolder(BackboneSource):
     """Load UNet, VAE, scheduler and (if present) text encoder from a local diffusers folder.
 
-    The text encoder, when the folder has one, runs once here to embed the empty prompt
-    and is then dropped: no text encoder runs per training step.
+    The text encoder, when the folder has one, embeds the fixed prompts (the generator's, the
+    teacher's CFG pair) at build time: it is loaded once, on first use, and kept until
+    `release()` (which `SRSystem` calls once every part is built), and each prompt is embedded
+    once. No text encoder runs per training step. Without `text_encoder/` + `tokenizer/` every
+    prompt embeds as zeros, with a warning: prompts then have no effect.
 
     Args:
         path: Folder with `unet/`, `vae/`, `scheduler/` and optionally `text_encoder/` + `tokenizer/`.
@@ -104,6 +111,8 @@ class DiffusersFolder(BackboneSource):
     def __init__(self, path: str, prompt: str = "") -> None:
         self.path = path
         self.prompt = prompt
+        self._text: tuple | None = None  # (tokenizer, encoder) between the first embedding and release()
+        self._embeds: dict[str, torch.Tensor] = {}
 
     def build(self, include_vae: bool = True) -> Backbone:
         root = self._root()
@@ -127,24 +136,41 @@ class DiffusersFolder(BackboneSource):
                 raise FileNotFoundError(f"diffusers folder {root} has no '{sub}/' subfolder")
         return root
 
+    @property
+    def has_text_encoder(self) -> bool:
+        root = self._root()
+        return (root / "text_encoder").is_dir() and (root / "tokenizer").is_dir()
+
     @torch.no_grad()
     def embed_prompts(self, prompts: list[str], dim: int | None = None) -> torch.Tensor:
-        """CLIP text embeddings from the folder's text encoder, loaded for this call only;
+        """CLIP text embeddings from the folder's text encoder (each prompt embedded once);
         zeros (77 tokens) when the folder has no text encoder."""
         root = self._root()
-        if not ((root / "text_encoder").is_dir() and (root / "tokenizer").is_dir()):
+        if not self.has_text_encoder:
+            warnings.warn(
+                f"diffusers folder {root} has no text_encoder/ + tokenizer/: prompts {list(prompts)!r} "
+                "embed as zeros, so prompts (and a teacher's classifier-free guidance) have no effect. "
+                "Use the full SD 2.1-base folder as the hub lays it out.", UserWarning, stacklevel=2)
             if dim is None:
                 dim = json.loads((root / "unet" / "config.json").read_text())["cross_attention_dim"]
             return torch.zeros(len(prompts), 77, dim)
-        from transformers import CLIPTextModel, CLIPTokenizer
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._embeds]
+        if missing:
+            if self._text is None:
+                from transformers import CLIPTextModel, CLIPTokenizer
 
-        tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True)
-        encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", local_files_only=True)
-        ids = tokenizer(
-            list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        return encoder(ids)[0].float()
+                self._text = (CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True),
+                              CLIPTextModel.from_pretrained(root, subfolder="text_encoder", local_files_only=True))
+            tokenizer, encoder = self._text
+            ids = tokenizer(
+                missing, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            self._embeds.update(zip(missing, encoder(ids)[0].float()))
+        return torch.stack([self._embeds[p] for p in prompts])
+
+    def release(self) -> None:
+        self._text = None
 
 
 class FromConfig(BackboneSource):

@@ -21,13 +21,13 @@ def load_identity_net(weights: str | os.PathLike, device: str | torch.device = "
 
     path = Path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"--weights: face-recognition weights not found: {path}")
+        raise FileNotFoundError(f"face-recognition weights (InceptionResnetV1 state dict) not found: {path}")
     net = InceptionResnetV1(pretrained=None, classify=False)
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith("logits.")}
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"--weights {path}: not InceptionResnetV1 weights (missing {missing[:3]}, "
+        raise ValueError(f"{path}: not InceptionResnetV1 weights (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
     return net.requires_grad_(False).eval().to(device)
 

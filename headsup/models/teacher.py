@@ -18,6 +18,13 @@ from headsup.models.lora import UNET_TARGETS, LoRASpec, add_lora
 
 ADAPTER = "fake_score"
 
+# The negative prompt of OSEDiff's released training script (scripts/train/train_osediff.sh, `--neg_prompt`).
+OSEDIFF_NEGATIVE_PROMPT = (
+    "painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, unreal engine, "
+    "blurring, dirty, messy, worst quality, low quality, frames, watermark, signature, jpeg artifacts, deformed, "
+    "lowres, over-smooth"
+)
+
 
 def to_epsilon(pred: torch.Tensor, z_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
     """The UNet output as the noise estimate eps, for epsilon / v / sample prediction."""
@@ -42,9 +49,13 @@ class TeacherWithFakeScore(nn.Module):
         backbone: Source of the pretrained UNet and noise schedule; None: the generator's, given
             when the objective is bound to it (`build`), so one path configures both.
         fake_lora: LoRA of the fake score (rank, alpha, targets).
-        guidance_scale: Classifier-free guidance scale of the teacher.
-        prompt: Positive prompt (of the teacher's conditional branch and of the fake score).
-        negative_prompt: Prompt of the teacher's unconditional branch.
+        guidance_scale: Classifier-free guidance scale of the teacher (OSEDiff: 7.5). Above 1 the two
+            prompts must embed differently (a backbone without a text encoder embeds both as zeros):
+            such a teacher is refused, since its guidance would do nothing.
+        prompt: Positive prompt (of the teacher's conditional branch and of the fake score). OSEDiff
+            uses per-image RAM tags; without a tagger this fixed prompt stands in.
+        negative_prompt: Prompt of the teacher's unconditional branch (default: OSEDiff's training
+            script's negative prompt).
     """
 
     def __init__(
@@ -53,7 +64,7 @@ class TeacherWithFakeScore(nn.Module):
         fake_lora: LoRASpec | None = None,
         guidance_scale: float = 7.5,
         prompt: str = "",
-        negative_prompt: str = "",
+        negative_prompt: str = OSEDIFF_NEGATIVE_PROMPT,
     ) -> None:
         super().__init__()
         self.fake_lora = fake_lora or LoRASpec(rank=4, alpha=4.0, targets=list(UNET_TARGETS))
@@ -74,6 +85,12 @@ class TeacherWithFakeScore(nn.Module):
         self.prediction_type = parts.prediction_type
         self.register_buffer("alphas_cumprod", parts.alphas_cumprod.clone(), persistent=False)
         embeds = backbone.embed_prompts(list(self.prompts))
+        if self.guidance_scale > 1 and torch.equal(embeds[0], embeds[1]):
+            raise ValueError(
+                f"the VSD teacher's prompt {self.prompts[0]!r} and negative_prompt {self.prompts[1]!r} embed "
+                f"identically, so guidance_scale {self.guidance_scale} would change nothing: give a backbone "
+                "folder with text_encoder/ + tokenizer/ and two different prompts (scores.init_args.prompt, "
+                "scores.init_args.negative_prompt), or set scores.init_args.guidance_scale to 1")
         self.register_buffer("prompt_embeds", embeds[:1].clone(), persistent=False)
         self.register_buffer("negative_embeds", embeds[1:].clone(), persistent=False)
         add_lora(self.unet, self.fake_lora, ADAPTER)

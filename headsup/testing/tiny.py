@@ -69,6 +69,40 @@ def _random_crops(images: list, n: int, size: int, generator: torch.Generator) -
     return torch.stack(out)
 
 
+TINY_PROMPT_TOKENS = 16
+
+
+def tiny_text_encoder(seed: int = 0):
+    """A random two-layer CLIP text encoder of the tiny UNet's width and a character-level CLIP
+    tokenizer (printable ASCII, no merges, 16 tokens): different prompts embed differently.
+
+    Returns:
+        (tokenizer, encoder).
+    """
+    import json
+    import tempfile
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        vocab.update({chr(c) + suffix: len(vocab) + i for i, c in enumerate(range(33, 127))})
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"),
+                                  model_max_length=TINY_PROMPT_TOKENS)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab), hidden_size=TINY_UNET["cross_attention_dim"], intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=TINY_PROMPT_TOKENS,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = CLIPTextModel(config).eval()
+    return tokenizer, encoder
+
+
 def pretrain_tiny_backbone(
     image_dir: str | Path,
     out_dir: str | Path,
@@ -81,8 +115,10 @@ def pretrain_tiny_backbone(
     log_every: int = 100,
 ) -> Path:
     """Stand-in for "Stable Diffusion pretrained": fit the tiny VAE as an autoencoder and the
-    tiny UNet as an epsilon-prediction denoiser on crops of real photos, then save both as a
-    diffusers folder (unet/, vae/, scheduler/) that `DiffusersFolder` loads like a real one.
+    tiny UNet as an epsilon-prediction denoiser on crops of real photos (conditioned on the tiny
+    text encoder's embedding of the empty prompt), then save them as a diffusers folder laid out
+    as the hub's (unet/, vae/, scheduler/, text_encoder/, tokenizer/) that `DiffusersFolder` loads
+    like a real one.
 
     Returns:
         The output folder.
@@ -109,7 +145,10 @@ def pretrain_tiny_backbone(
             print(f"vae step {step + 1}/{vae_steps}: mse {loss.item():.4f}", flush=True)
     vae.requires_grad_(False).eval()
     alphas_cumprod, _ = _schedule(SD_SCHEDULER)
-    prompt = torch.zeros(batch_size, 8, TINY_UNET["cross_attention_dim"])
+    tokenizer, encoder = tiny_text_encoder(seed=seed)
+    with torch.no_grad():  # the UNet learns under the empty prompt's embedding, as the generator will call it
+        ids = tokenizer([""], padding="max_length", max_length=TINY_PROMPT_TOKENS, return_tensors="pt").input_ids
+        prompt = encoder(ids)[0].expand(batch_size, -1, -1)
     opt = torch.optim.Adam(unet.parameters(), lr)
     for step in range(unet_steps):
         x = _random_crops(images, batch_size, crop // 2, gen) * 2 - 1
@@ -128,39 +167,39 @@ def pretrain_tiny_backbone(
     vae.save_pretrained(out / "vae")
     unet.save_pretrained(out / "unet")
     DDPMScheduler(**SD_SCHEDULER).save_pretrained(out / "scheduler")
+    tokenizer.save_pretrained(out / "tokenizer")
+    encoder.save_pretrained(out / "text_encoder")
     return out
 
 
 def write_tiny_weights(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
     """Randomly initialised stand-ins for the weight files real runs load, for tests and tiny runs
-    on a machine without them: LPIPS (VGG16 features + linear layers), facenet InceptionResnetV1,
-    timm's `test_resnet` discriminator backbone and the FID Inception. They exercise the loading and training code;
-    losses computed with them mean nothing perceptually."""
+    on a machine without them: LPIPS's VGG16 features, facenet InceptionResnetV1, timm's
+    `test_resnet` discriminator backbone and the FID Inception. They exercise the loading and
+    training code; losses computed with them mean nothing perceptually. The LPIPS linear layers
+    are the real ones torchmetrics ships (the objectives' default): `lpips` names that file."""
     import timm
     from facenet_pytorch import InceptionResnetV1
     from torchvision.models import vgg16
 
+    from headsup.models.lpips import shipped_lpips_weights
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / file for name, file in (
-        ("vgg", "vgg16_features_random.pth"), ("lpips", "lpips_lins_random.pth"),
-        ("facenet", "facenet_random.pt"), ("test_resnet", "test_resnet_random.pth"),
-        ("fid_inception", "fid_inception_random.pth"))}
+        ("vgg", "vgg16_features_random.pth"), ("facenet", "facenet_random.pt"),
+        ("test_resnet", "test_resnet_random.pth"), ("fid_inception", "fid_inception_random.pth"))}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if not paths["vgg"].exists():
             torch.save(vgg16(weights=None).features.state_dict(prefix="features."), paths["vgg"])
-        if not paths["lpips"].exists():
-            widths = (64, 128, 256, 512, 512)
-            lins = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) / c for i, c in enumerate(widths)}
-            torch.save(lins, paths["lpips"])
         if not paths["facenet"].exists():
             torch.save(InceptionResnetV1(pretrained=None).state_dict(), paths["facenet"])
         if not paths["test_resnet"].exists():
             torch.save(timm.create_model("test_resnet").state_dict(), paths["test_resnet"])
         if not paths["fid_inception"].exists():
             torch.save(_random_fid_inception(), paths["fid_inception"])
-    return paths
+    return {**paths, "lpips": shipped_lpips_weights()}
 
 
 def _random_fid_inception() -> dict:
@@ -214,7 +253,7 @@ def localize_tiny_headsup(cfg: dict, run_dir: str | Path, samples: str | Path, b
     obj = model["objectives"]
     for name in ("lpips", "face_lpips"):
         if name in obj:
-            obj[name]["init_args"].update(vgg_weights=str(weights["vgg"]), lpips_weights=str(weights["lpips"]))
+            obj[name]["init_args"]["vgg_weights"] = str(weights["vgg"])
     if "identity" in obj:
         obj["identity"]["init_args"]["identity"]["init_args"]["weights"] = str(weights["facenet"])
     for name in ("face_gan", "gan"):
