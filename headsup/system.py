@@ -27,6 +27,7 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 from torchvision.utils import make_grid
 
+from headsup.callbacks.ema import averaged_weights
 from headsup.metrics.full_reference import PSNR, SSIM, ImageCount
 from headsup.metrics.extra import ExtraMetric
 from headsup.metrics.seam import SeamScore
@@ -87,6 +88,9 @@ class SRSystem(L.LightningModule):
             raise ValueError("model.objectives is empty: give at least one loss term")
         for objective in self.objectives.values():
             objective.bind(generator)
+        source = getattr(generator, "backbone_source", None)
+        if source is not None:
+            source.release()  # every part that embeds prompts is built: drop the text encoder
         self.optimizer_fn = optimizer
         self.lr_scheduler_fn = lr_scheduler
         self.grad_clip = grad_clip
@@ -402,6 +406,10 @@ class SRSystem(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("state_dict", {})
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if not fitting:  # evaluation and inference use the run's average weights (TrainableEMA) when it has them
+            ema = {k: v for k, v in averaged_weights(checkpoint).items() if k in saved}
+            saved = checkpoint["state_dict"] = {**saved, **ema}
         own = self.state_dict()
         unexpected = sorted(set(saved) - set(own))
         missing = sorted(self._checkpoint_keys - set(saved))

@@ -10,6 +10,7 @@ from PIL import Image
 
 from headsup.callbacks.predict_writer import PredictWriter
 from headsup.data.datamodule import SRDataModule
+from headsup.degradations import BicubicDegradation
 from headsup.models.generator import OneStepSR
 from headsup.system import SRSystem
 from headsup.testing.tiny import TinySD
@@ -18,7 +19,7 @@ from headsup.testing.tiny import TinySD
 def _predict(system, inputs, out, reference=None, **writer):
     writer = PredictWriter(output_dir=str(out), color_fix="none", **writer)
     dm = SRDataModule(predict_input=str(inputs), predict_reference=str(reference) if reference else None,
-                      num_workers=0)
+                      num_workers=0, degradation=BicubicDegradation(scale=system.generator.scale))
     trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[writer], enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.predict(system, datamodule=dm, return_predictions=False)
@@ -123,3 +124,163 @@ def test_non_finite_half_precision_output_is_redone_in_fp32(inputs, tmp_path, mo
     assert any("again in fp32" in n for n in writer.notes)
     out = np.asarray(Image.open(tmp_path / "o" / "astronaut.png"))
     assert out.shape == (256, 256, 3) and out.std() > 5  # a real image, not black
+
+
+# ---------------------------------------------------------------------------- reports
+def _tiny_photo(path, seed=0, size=(24, 16)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def test_unreadable_files_are_named_in_the_summary(tmp_path, capsys):
+    src = tmp_path / "in"
+    _tiny_photo(src / "good.png")
+    _tiny_photo(src / "sub" / "fine.png", seed=1)
+    (src / "broken.png").write_bytes(b"not an image")
+    (src / "empty.jpg").write_bytes(b"")
+    png = (src / "good.png").read_bytes()
+    (src / "sub" / "cut.png").write_bytes(png[: len(png) // 2])  # truncated
+    writer = _predict(SRSystem(generator=OneStepSR(TinySD()).eval()), src, tmp_path / "out")
+    summary = capsys.readouterr().out
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in writer.written) == ["good.png", "sub/fine.png"]
+    bad = [src / "broken.png", src / "empty.jpg", src / "sub" / "cut.png"]
+    assert len(writer.failed) == 3
+    for path in bad:  # one entry and one summary line per unreadable file, naming it
+        assert sum(str(path) in line for line in writer.failed) == 1
+        assert sum(str(path) in line for line in summary.splitlines()) == 1
+    assert "2 written" in summary and "3 unreadable:" in summary
+    assert not (tmp_path / "out" / "broken.png").exists()
+
+
+def test_rerun_redoes_only_the_failed_file(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _tiny_photo(src / "a.png")
+    _tiny_photo(src / "sub" / "b.png", seed=1)
+    (src / "c.png").write_bytes(b"garbage")
+    system = SRSystem(generator=OneStepSR(TinySD()).eval())
+    first = _predict(system, src, out)
+    assert len(first.failed) == 1 and str(src / "c.png") in first.failed[0]
+    stamps = {p: p.stat().st_mtime_ns for p in first.written}
+    assert len(stamps) == 2
+    _tiny_photo(src / "c.png", seed=2)  # the file is fixed
+    second = _predict(system, src, out)
+    assert [p.name for p in second.written] == ["c.png"] and not second.failed
+    assert sorted(p.name for p in second.skipped) == ["a.png", "b.png"]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the good outputs were not written again
+
+
+def test_prepare_faces_retry_errors_redoes_only_the_failed_files(samples_dir, tmp_path, monkeypatch):
+    from headsup.data.faces import FaceAnnotator, read_manifest
+    from headsup.tools import main as tools
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.open(samples_dir / "portrait" / "grace_hopper" / "grace_hopper.png").save(root / "good.png")
+    (root / "late.png").write_bytes(b"not yet an image")
+    args = ["prepare", "faces", str(root), "--workers", "0", "--device", "cpu"]
+    assert tools(args) == 0
+    first = {r["path"]: r for r in read_manifest(root / "faces.jsonl")}
+    assert first["good.png"]["faces"] and "late.png" in first["late.png"]["error"]
+    Image.open(samples_dir / "portrait" / "astronaut" / "astronaut.png").save(root / "late.png")
+    seen = []
+    detect = FaceAnnotator.detect
+    monkeypatch.setattr(FaceAnnotator, "detect", lambda self, images, scales=None: seen.append(len(images))
+                        or detect(self, images, scales))
+    assert tools(args) == 0  # without the flag a recorded error stays
+    assert read_manifest(root / "faces.jsonl")[1]["error"] and not seen
+    assert tools(args + ["--retry-errors"]) == 0
+    again = {r["path"]: r for r in read_manifest(root / "faces.jsonl")}
+    assert seen == [1]  # only the fixed file was detected again
+    assert again["good.png"] == first["good.png"]
+    assert again["late.png"]["error"] is None and len(again["late.png"]["faces"]) == 1
+
+
+def _conditioning_spy(system, monkeypatch) -> list[dict]:
+    calls = []
+    forward = system.generator.forward
+    monkeypatch.setattr(system.generator, "forward", lambda lq, **kw: calls.append(kw) or forward(lq, **kw))
+    return calls
+
+
+def test_reference_goes_to_the_largest_face(samples_dir, tmp_path, monkeypatch):
+    from skimage.data import astronaut
+
+    head = Image.fromarray(astronaut()[20:230, 120:330])  # the face with some margin
+    canvas = Image.new("RGB", (256, 160), (90, 90, 90))
+    canvas.paste(head.resize((56, 56), Image.Resampling.LANCZOS), (20, 60))  # the small face first (left)
+    canvas.paste(head.resize((150, 150), Image.Resampling.LANCZOS), (100, 5))
+    src = tmp_path / "in"
+    src.mkdir()
+    canvas.save(src / "two.png")
+    from facenet_pytorch import MTCNN
+
+    detect = MTCNN.detect
+
+    def smallest_first(self, imgs, landmarks=False):  # whatever MTCNN's own order, the small face comes first
+        boxes, probs, points = detect(self, imgs, landmarks=landmarks)
+        if any(b is None for b in boxes):
+            return boxes, probs, points
+        order = [np.argsort(b[:, 2] - b[:, 0]) for b in boxes]
+        return tuple([a[o] for a, o in zip(arr, order)] for arr in (boxes, probs, points))
+
+    monkeypatch.setattr(MTCNN, "detect", smallest_first)
+    torch.manual_seed(0)
+    system = SRSystem(generator=OneStepSR(TinySD(), reference=True, scale=1).eval())
+    calls = _conditioning_spy(system, monkeypatch)
+    ref = samples_dir / "portrait" / "astronaut" / "astronaut_mirrored.png"
+    writer = _predict(system, src, tmp_path / "out", ref)
+    assert len(writer.referenced) == 1 and len(calls) == 1
+    cond = calls[0]
+    mask = cond["face_mask"][0, 0]
+    assert mask[60 + 28, 20 + 28] > 0.5 and mask[5 + 75, 100 + 75] > 0.5  # both faces were found
+    points = cond["landmarks"][0]  # the face the reference is warped onto
+    assert bool(cond["has_reference"][0])
+    assert ((points[:, 0] > 100) & (points[:, 0] < 250) & (points[:, 1] > 5) & (points[:, 1] < 155)).all()
+
+
+def test_reference_folder_matches_by_relative_path(inputs, reference_system, tmp_path):
+    src_photos, refs_src = inputs
+    src, refs = tmp_path / "in", tmp_path / "refs"
+    for sub in ("a", "b"):  # the same file name in two folders
+        (src / sub).mkdir(parents=True)
+        (src / sub / "x.png").write_bytes((src_photos / "astronaut.png").read_bytes())
+    (refs / "a").mkdir(parents=True)
+    (refs / "b").mkdir()
+    Image.open(refs_src / "astronaut.jpg").save(refs / "a" / "x.png")
+    Image.fromarray(np.full((64, 64, 3), 127, np.uint8)).save(refs / "b" / "x.png")  # no face in it
+    writer = _predict(reference_system, src, tmp_path / "out", refs)
+    assert [p.relative_to(tmp_path / "out").as_posix() for p in writer.referenced] == ["a/x.png"]
+    assert writer.notes == [f"{src / 'b' / 'x.png'}: no face found in the reference {refs / 'b' / 'x.png'}: not used"]
+
+
+# ---------------------------------------------------------------------------- bf16 callers
+def _astronaut() -> torch.Tensor:
+    from skimage.data import astronaut
+
+    return torch.from_numpy(astronaut()).permute(2, 0, 1).float() / 255
+
+
+def test_detection_ignores_the_callers_bf16_autocast():
+    from headsup.data.faces import FaceAnnotator
+
+    annotator = FaceAnnotator(device="cpu")
+    image = _astronaut()
+    plain = annotator.detect([image])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # facenet's numpy NMS has no bfloat16
+        mixed = annotator.detect([image.bfloat16()])
+    assert len(plain[0]) == 1 and mixed == plain
+
+
+def test_predict_face_fields_are_computed_in_fp32_under_autocast():
+    from headsup.inference.faces import PredictFaces
+
+    image = _astronaut()[None]
+    lq = torch.nn.functional.interpolate(image, scale_factor=0.125, mode="area")
+    faces = PredictFaces(reference_size=128)
+    plain, _ = faces(lq, 4, image)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _ = faces(lq, 4, image)
+    assert plain["has_reference"].item() and set(mixed) == set(plain)
+    for key, value in plain.items():  # the aligned reference moves by up to 0.5 in bf16
+        assert mixed[key].dtype == value.dtype and torch.equal(mixed[key], value), key

@@ -4,15 +4,33 @@ Only the trainable tensors are averaged (Lightning's `EMAWeightAveraging` copies
 module, frozen SD UNet, VAE and teacher included, which costs gigabytes for nothing here).
 Validation, test and prediction run with the averaged weights once at least one generator
 update has been averaged in, then the live weights are put back. The average is saved with
-the callback's state in every checkpoint; `test`/`predict` with `--ckpt_path` read it from
-there when this callback is configured. (Lightning runs checkpoint callbacks last, so the live
-weights are back in place before a checkpoint is written after validation.)
+the callback's state in every checkpoint (under `STATE_KEY`); `test`/`predict` with
+`--ckpt_path` read it from there when this callback is configured, and `averaged_weights`
+gives it to every other loader of a checkpoint (`SRSystem` outside `fit`, `headsup-tools
+enhance`, the blending baseline's `CheckpointModel`), so that one checkpoint gives one image.
+(Lightning runs checkpoint callbacks last, so the live weights are back in place before a
+checkpoint is written after validation.)
 """
 
 from __future__ import annotations
 
 import lightning as L
 import torch
+
+STATE_KEY = "TrainableEMA"
+
+
+def averaged_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The averaged generator weights a checkpoint holds, keyed like `SRSystem`'s state dict
+    ("generator.<name>"); empty when the run had no `TrainableEMA` or averaged no update yet.
+
+    Args:
+        checkpoint: A loaded `headsup fit` checkpoint (the dict of its `.ckpt` file).
+    """
+    state = (checkpoint.get("callbacks") or {}).get(STATE_KEY) or {}
+    if not state.get("shadow") or int(state.get("updates", 0)) == 0:
+        return {}
+    return {f"generator.{name}": tensor for name, tensor in state["shadow"].items()}
 
 
 class TrainableEMA(L.Callback):
@@ -39,7 +57,7 @@ class TrainableEMA(L.Callback):
 
     @property
     def state_key(self) -> str:
-        return "TrainableEMA"
+        return STATE_KEY
 
     def on_fit_start(self, trainer, pl_module) -> None:
         if self.shadow is None:

@@ -86,8 +86,9 @@ class PredictWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         if "error" in prediction:
-            self.failed.append(prediction["error"])
-            rank_zero_warn(f"skipped: {prediction['error']}")
+            error, path = prediction["error"], str(prediction.get("path", ""))
+            self.failed.append(error if path in error else f"{path}: {error}")  # each line names its file
+            rank_zero_warn(f"skipped: {self.failed[-1]}")
             return
         out = self.output_path(prediction["relpath"])
         if out.resolve() == Path(prediction["path"]).resolve():

@@ -160,15 +160,23 @@ class FaceAnnotator:
     @torch.no_grad()
     def detect(self, images: list[torch.Tensor], scales: list[float] | None = None) -> list[list[Face]]:
         """Faces of each image. `images` are uint8 (3, h, w) detection copies (see `shrink`), or
-        float images in [0, 1] that are shrunk here; `scales` map copies back to the originals."""
+        float images in [0, 1] that are shrunk here; `scales` map copies back to the originals.
+
+        Detection runs in fp32 whatever the caller's autocast (`predict` under bf16-mixed): MTCNN's
+        non-maximum suppression runs in numpy, which has no bfloat16.
+        """
+        with torch.autocast(device_type=self.device.type, enabled=False):
+            return self._detect(images, scales)
+
+    def _detect(self, images: list[torch.Tensor], scales: list[float] | None) -> list[list[Face]]:
         if scales is None:
-            pairs = [self.shrink(im) if im.is_floating_point() else (im, 1.0) for im in images]
+            pairs = [self.shrink(im.float()) if im.is_floating_point() else (im, 1.0) for im in images]
             images, scales = [p[0] for p in pairs], [p[1] for p in pairs]
         if not images:
             return []
         h = max(im.shape[-2] for im in images)
         w = max(im.shape[-1] for im in images)
-        canvas = torch.zeros(len(images), h, w, 3, device=self.device)
+        canvas = torch.zeros(len(images), h, w, 3, device=self.device, dtype=torch.float32)
         for i, im in enumerate(images):
             canvas[i, : im.shape[-2], : im.shape[-1]] = im.to(self.device).permute(1, 2, 0).float()
         boxes, probs, points = self.mtcnn.detect(canvas, landmarks=True)

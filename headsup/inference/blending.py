@@ -33,7 +33,8 @@ class Bicubic(nn.Module):
 
 
 class CheckpointModel(nn.Module):
-    """The generator of a headsup checkpoint (its frozen parts come from the paths in its config).
+    """The generator of a headsup checkpoint (its frozen parts come from the paths in its config),
+    with the run's EMA weights when it has them, as `headsup test` evaluates it.
 
     Args:
         path: `.ckpt` file written by `headsup fit`.
@@ -54,7 +55,9 @@ class CheckpointModel(nn.Module):
 
 def load_checkpoint(path: str):
     """An `SRSystem` from a `headsup fit` checkpoint, loaded tensors-only (`weights_only`): a file
-    that would need to run code while unpickling is refused, naming it."""
+    that would need to run code while unpickling is refused, naming it. The generator gets the
+    run's averaged weights (`TrainableEMA`) when the checkpoint holds them (`SRSystem.on_load_checkpoint`),
+    so `headsup-tools enhance` gives the images of `headsup test` and `headsup predict`."""
     import pickle
 
     from headsup.system import SRSystem

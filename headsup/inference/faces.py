@@ -41,7 +41,12 @@ class PredictFaces:
                  reference_name: str = "") -> tuple[dict, list[str]]:
         """Batch fields (face_boxes, face_landmarks, face_valid, face_mask, and reference /
         has_reference when a reference photo is given) for one LQ (1, 3, h, w) in [0, 1], and notes
-        on what could not be used."""
+        on what could not be used. Detection and alignment run in fp32 under any autocast."""
+        with torch.autocast(device_type=lq.device.type, enabled=False):
+            return self._faces(lq, scale, reference, reference_name)
+
+    def _faces(self, lq: torch.Tensor, scale: int, reference: torch.Tensor | None,
+               reference_name: str) -> tuple[dict, list[str]]:
         up = F.interpolate(lq.float(), scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
         annotator = self.annotator(lq.device)
         faces = annotator.detect([up[0]])[0][: self.max_faces]
