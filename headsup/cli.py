@@ -26,6 +26,7 @@ warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual op
 
 from jsonargparse import Namespace  # noqa: E402
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI  # noqa: E402
+from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
 
 from headsup.callbacks import PredictWriter, ResultsWriter, VersionedSaveConfig  # noqa: E402
 from headsup.data.datamodule import SRDataModule  # noqa: E402
@@ -106,16 +107,17 @@ def build_cli(args: ArgsType = None, run: bool = True) -> HeadsupCLI:
 def main(args: ArgsType = None) -> int:
     """Entry point of the `headsup` command; returns the exit status."""
     try:
-        cli = build_cli(args)
+        build_cli(args)
+    except SIGTERMException:  # Lightning's exit on SIGTERM (preemption, time limit) would report success
+        print("headsup: stopped by SIGTERM before the run finished; --ckpt_path last resumes it "
+              "(the checkpoint callback writes last.ckpt on the way out when save_last is set)", file=sys.stderr)
+        return 143
     except Exception as err:  # noqa: BLE001 - only a missing/unreadable file is reported, the rest re-raised
         cause = _input_error(err)
         if cause is None:
             raise
         print(f"headsup: error: {cause}", file=sys.stderr)
         return 2
-    if cli.trainer.received_sigterm:  # stopped early (preempted, time limit): last.ckpt saved, but not done
-        print("headsup: stopped by SIGTERM after saving; resume with --ckpt_path last", file=sys.stderr)
-        return 143
     return 0
 
 

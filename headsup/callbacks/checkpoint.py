@@ -47,6 +47,11 @@ class Checkpoint(ModelCheckpoint):
             with open(partial, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(partial, filepath)
+            folder = os.open(os.path.dirname(os.path.abspath(filepath)), os.O_RDONLY)
+            try:
+                os.fsync(folder)  # the rename itself survives a node failure
+            finally:
+                os.close(folder)
         trainer.strategy.barrier("atomic_checkpoint")
         self._last_checkpoint_saved = filepath
 

@@ -10,6 +10,8 @@ of two (OSEDiff keeps two copies).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -51,7 +53,8 @@ class TeacherWithFakeScore(nn.Module):
         fake_lora: LoRA of the fake score (rank, alpha, targets).
         guidance_scale: Classifier-free guidance scale of the teacher (OSEDiff: 7.5). Above 1 the two
             prompts must embed differently (a backbone without a text encoder embeds both as zeros):
-            such a teacher is refused, since its guidance would do nothing.
+            such a teacher is warned about when built and refused when training calls it, since its
+            guidance would do nothing (evaluating a checkpoint never calls it).
         prompt: Positive prompt (of the teacher's conditional branch and of the fake score). OSEDiff
             uses per-image RAM tags; without a tagger this fixed prompt stands in.
         negative_prompt: Prompt of the teacher's unconditional branch (default: OSEDiff's training
@@ -71,8 +74,10 @@ class TeacherWithFakeScore(nn.Module):
         self.guidance_scale = guidance_scale
         self.prompts = (prompt, negative_prompt)
         self.unet = None
+        self.inert_guidance = False
         if backbone is not None:
             self.build(backbone)
+            backbone.release()  # its own source: nothing else embeds prompts with it
 
     @property
     def built(self) -> bool:
@@ -85,17 +90,21 @@ class TeacherWithFakeScore(nn.Module):
         self.prediction_type = parts.prediction_type
         self.register_buffer("alphas_cumprod", parts.alphas_cumprod.clone(), persistent=False)
         embeds = backbone.embed_prompts(list(self.prompts))
-        if self.guidance_scale > 1 and torch.equal(embeds[0], embeds[1]):
-            raise ValueError(
-                f"the VSD teacher's prompt {self.prompts[0]!r} and negative_prompt {self.prompts[1]!r} embed "
-                f"identically, so guidance_scale {self.guidance_scale} would change nothing: give a backbone "
-                "folder with text_encoder/ + tokenizer/ and two different prompts (scores.init_args.prompt, "
-                "scores.init_args.negative_prompt), or set scores.init_args.guidance_scale to 1")
+        self.inert_guidance = self.guidance_scale > 1 and torch.equal(embeds[0], embeds[1])
+        if self.inert_guidance:  # refused when training uses it (real_eps); evaluation never calls the teacher
+            warnings.warn(self._inert_message(), UserWarning, stacklevel=2)
         self.register_buffer("prompt_embeds", embeds[:1].clone(), persistent=False)
         self.register_buffer("negative_embeds", embeds[1:].clone(), persistent=False)
         add_lora(self.unet, self.fake_lora, ADAPTER)
         self.unet.set_adapter(ADAPTER)
         self.train(self.training)
+
+    def _inert_message(self) -> str:
+        return (f"the VSD teacher's prompt {self.prompts[0]!r} and negative_prompt {self.prompts[1]!r} embed "
+                f"identically, so guidance_scale {self.guidance_scale} would change nothing: give a backbone folder "
+                "with text_encoder/ + tokenizer/ and two different prompts "
+                "(model.objectives.<name>.init_args.scores.init_args.prompt / negative_prompt), or set "
+                "...scores.init_args.guidance_scale to 1")
 
     def train(self, mode: bool = True) -> TeacherWithFakeScore:
         super().train(mode)
@@ -112,6 +121,8 @@ class TeacherWithFakeScore(nn.Module):
 
     def real_eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Teacher noise estimate with classifier-free guidance (one batched call for both branches)."""
+        if self.inert_guidance:
+            raise ValueError(self._inert_message())
         b = z_t.shape[0]
         embeds = torch.cat([self.prompt_embeds.expand(b, -1, -1), self.negative_embeds.expand(b, -1, -1)])
         self.unet.disable_adapters()
