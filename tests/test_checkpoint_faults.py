@@ -59,7 +59,7 @@ def test_sigterm_between_saves_saves_last_and_resume_loses_and_repeats_nothing(t
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     stopped = _fit(cmd, tmp_path)
     assert "Received SIGTERM" in stopped.stderr, stopped.stderr[-3000:]
-    assert stopped.returncode == 143 and "resume with --ckpt_path last" in stopped.stderr  # not "done" to SLURM
+    assert stopped.returncode == 143 and "--ckpt_path last resumes it" in stopped.stderr  # not "done" to SLURM
     assert _updates(last) == 5  # Lightning stops after the batch that received the signal
     assert not list(last.parent.glob("*.partial"))
     resumed = _fit(cmd, tmp_path)  # the probe fires at update 5 only: the resumed run starts at 6
