@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -355,9 +356,12 @@ def test_predict_tiling_options_apply_with_a_checkpoint(trained, tmp_path, sampl
 def test_predict_outscale_gives_any_output_size(trained, tmp_path, samples_dir):
     tmp, config, _ = trained
     ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
-    out = tmp_path / "out"
+    out, inputs = tmp_path / "out", tmp_path / "in"
+    inputs.mkdir()
+    for name in ("astronaut", "camera", "logo"):  # RGB, grayscale, RGBA
+        shutil.copy(samples_dir / "predict" / f"{name}.png", inputs)
     assert main(["predict", "--config", str(config), "--ckpt_path", ckpt, "--data.predict_input",
-                 str(samples_dir / "predict"), "--writer.output_dir", str(out), "--writer.outscale", "2.5"]) == 0
+                 str(inputs), "--writer.output_dir", str(out), "--writer.outscale", "2.5"]) == 0
     for name in ("astronaut", "camera", "logo"):
         src = Image.open(samples_dir / "predict" / f"{name}.png")
         res = Image.open(out / f"{name}.png")
