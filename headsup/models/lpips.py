@@ -104,10 +104,11 @@ class LPIPS(nn.Module):
                owner: str = "LPIPS") -> LPIPS:
         """`from_files`, but one frozen instance per pair of files while any user holds it.
 
-        Safe because the module is frozen and stateless: registered under several objectives
-        it moves with the system as one module and its parameters, never trainable, stay out of
-        checkpoints. The key includes each file's size and modification time, so a rewritten
-        file is loaded afresh.
+        Safe within one system because the module is frozen and stateless: registered under
+        several objectives it moves with the system as one module and its parameters, never
+        trainable, stay out of checkpoints. The cache is process-wide, so two systems alive in one
+        process share it too (a device move or dtype cast of one applies to the other). The key
+        includes each file's size and modification time, so a rewritten file is loaded afresh.
         """
         lpips_weights = shipped_lpips_weights() if lpips_weights is None else lpips_weights
         if vgg_weights is None or not Path(vgg_weights).expanduser().is_file():
