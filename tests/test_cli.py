@@ -233,6 +233,16 @@ def test_lq_only_set_gets_sr_images_and_a_count(trained, tmp_path):
     assert saved.size == (256, 256)  # x4 of the 64x64 LQ
 
 
+def _small_input(samples_dir, tmp_path, name, side=64):
+    """A `side`-px copy of one predict input (same mode), so a predict call stays a few seconds on the CPU."""
+    src = Image.open(samples_dir / "predict" / f"{name}.png")
+    folder = tmp_path / "small_inputs"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.png"
+    src.resize((side, round(side * src.height / src.width)), Image.BICUBIC).save(path)
+    return path
+
+
 def _test_portrait_manifest(samples_dir, tmp_path):
     """Faces of the test portraits, in a manifest outside their folder (absolute paths)."""
     from headsup.data.faces import annotate
@@ -288,7 +298,7 @@ def test_extra_metrics_run_and_missing_weights_are_reported(trained, tmp_path, s
     cfg["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path), name="metrics")
     cfg["data"]["test_sets"] = [
         {"name": "portrait", "manifest": str(manifest), "kind": "portrait", "center_crop": 400},
-        {"name": "real", "lq": str(samples_dir / "predict"), "kind": "general"},
+        {"name": "real", "lq": str(_small_input(samples_dir, tmp_path, "camera").parent), "kind": "general"},
     ]
     cfg["model"]["metrics"] = {
         "lpips": {"class_path": "headsup.metrics.extra.LPIPSMetric",
@@ -318,14 +328,14 @@ def test_extra_metrics_run_and_missing_weights_are_reported(trained, tmp_path, s
 def test_predict_colour_fix_options(trained, tmp_path, samples_dir):
     tmp, config, _ = trained
     ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    src = _small_input(samples_dir, tmp_path, "astronaut")
     means = {}
     for method in ("none", "adain", "wavelet"):
         out = tmp_path / method
         assert main(["predict", "--config", str(config), "--ckpt_path", ckpt, "--data.predict_input",
-                     str(samples_dir / "predict" / "astronaut.png"), "--writer.output_dir", str(out),
-                     "--writer.color_fix", method]) == 0
+                     str(src), "--writer.output_dir", str(out), "--writer.color_fix", method]) == 0
         means[method] = np.asarray(Image.open(out / "astronaut.png")).reshape(-1, 3).mean(0)
-    lq = np.asarray(Image.open(samples_dir / "predict" / "astronaut.png").convert("RGB")).reshape(-1, 3).mean(0)
+    lq = np.asarray(Image.open(src).convert("RGB")).reshape(-1, 3).mean(0)
     off = {m: np.abs(v - lq).max() for m, v in means.items()}  # channel-mean error in 8-bit levels
     assert off["adain"] < 5 and off["wavelet"] < 5 and off["adain"] < off["none"] and off["wavelet"] < off["none"]
     with pytest.raises(SystemExit):  # a misspelt option stops at parsing, naming the key
@@ -336,16 +346,16 @@ def test_predict_colour_fix_options(trained, tmp_path, samples_dir):
 def test_predict_tiling_options_apply_with_a_checkpoint(trained, tmp_path, samples_dir):
     tmp, config, _ = trained
     ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    src = _small_input(samples_dir, tmp_path, "camera")
     outputs = {}
     for name, extra in (("whole", ["--model.generator.init_args.tiling", "never"]),
                         ("tiled", ["--model.generator.init_args.tiling", "always",
                                    "--model.generator.init_args.tile_size", "48"])):
         out = tmp_path / name
         assert main(["predict", "--config", str(config), "--ckpt_path", ckpt, "--data.predict_input",
-                     str(samples_dir / "predict" / "camera.png"), "--writer.output_dir", str(out),
-                     "--writer.color_fix", "none"] + extra) == 0
+                     str(src), "--writer.output_dir", str(out), "--writer.color_fix", "none"] + extra) == 0
         outputs[name] = np.asarray(Image.open(out / "camera.png")).astype(np.float64)
-    assert outputs["whole"].shape == outputs["tiled"].shape == (512, 512)  # 128 px grayscale input, x4
+    assert outputs["whole"].shape == outputs["tiled"].shape == (256, 256)  # 64 px grayscale input, x4
     diff = np.abs(outputs["whole"] - outputs["tiled"])
     # The options reach the model (the tiled run differs). This checks wiring, not tiling fidelity: with
     # 48 px tiles on the tiny model, per-tile statistics leave the image 19-22 levels from the untiled
@@ -358,12 +368,12 @@ def test_predict_outscale_gives_any_output_size(trained, tmp_path, samples_dir):
     ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
     out, inputs = tmp_path / "out", tmp_path / "in"
     inputs.mkdir()
-    for name in ("astronaut", "camera", "logo"):  # RGB, grayscale, RGBA
-        shutil.copy(samples_dir / "predict" / f"{name}.png", inputs)
+    for name in ("astronaut", "camera", "logo"):  # RGB, grayscale, RGBA; 125 px logo -> 61 px, odd sides
+        shutil.copy(_small_input(samples_dir, tmp_path, name, side=61 if name == "logo" else 64), inputs)
     assert main(["predict", "--config", str(config), "--ckpt_path", ckpt, "--data.predict_input",
                  str(inputs), "--writer.output_dir", str(out), "--writer.outscale", "2.5"]) == 0
     for name in ("astronaut", "camera", "logo"):
-        src = Image.open(samples_dir / "predict" / f"{name}.png")
+        src = Image.open(inputs / f"{name}.png")
         res = Image.open(out / f"{name}.png")
         assert res.size == (round(src.width * 2.5), round(src.height * 2.5)) and res.mode == src.mode
 
@@ -374,11 +384,11 @@ def test_enhance_tool_is_predict_in_one_line(trained, tmp_path, samples_dir, cap
     tmp, _, _ = trained
     ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
     out = tmp_path / "enhanced"
-    src = samples_dir / "predict" / "camera.png"
+    src = _small_input(samples_dir, tmp_path, "camera")
     args = ["enhance", str(src), str(out), "--weights", ckpt, "--scale", "2", "--workers", "0", "--tiling", "always",
             "--tile-size", "48", "--norm-passes", "1"]
     assert tools(args) == 0
-    assert Image.open(out / "camera.png").size == (256, 256)  # 128 px input, --scale 2 of a x4 model
+    assert Image.open(out / "camera.png").size == (128, 128)  # 64 px input, --scale 2 of a x4 model
     assert "1 written" in capsys.readouterr().out and (out / "camera.png").stat().st_mode & 0o044  # readable
     assert tools(args) == 0 and "1 already there" in capsys.readouterr().out
     assert tools(["enhance", str(src), str(out), "--weights", str(tmp_path / "none.ckpt")]) == 2
