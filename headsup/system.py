@@ -125,10 +125,11 @@ class SRSystem(L.LightningModule):
         return optimizers, [{"scheduler": self.lr_scheduler_fn(optimizers[0]), "interval": "step"}]
 
     def on_fit_start(self) -> None:
-        # every rank draws its own objective randomness (VSD timesteps and noise, ...)
-        base = torch.initial_seed() % 2**31
+        # every rank draws its own randomness (VSD timesteps and noise, reference dropout, ...)
+        seed = torch.initial_seed() % 2**31 + 1000 * self.global_rank
         for i, objective in enumerate(self.objectives.values()):
-            objective.seed(base + 1000 * self.global_rank + i)
+            objective.seed(seed + i)
+        self.generator.seed(seed + len(self.objectives))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         optimizers = self.optimizers()

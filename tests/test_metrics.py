@@ -65,6 +65,20 @@ def test_shape_mismatch_is_an_error(pair):
         PSNR().update(sr[..., :-1], hq)
 
 
+def test_equals_basicsr_calculate_psnr_and_ssim(pair):
+    """BasicSR 1.4.2's own functions (8-bit HWC images, BGR as cv2 reads them), Y and RGB, border 4."""
+    from tests.conftest import basicsr_reference
+
+    basicsr_reference()  # the shim that lets basicsr 1.4.2 import with today's torchvision
+    from basicsr.metrics import calculate_psnr, calculate_ssim
+
+    sr, hq = pair
+    bgr = [(x[0].permute(1, 2, 0).numpy().astype(np.float64) * 255).round()[..., ::-1] for x in (sr, hq)]
+    for y in (True, False):
+        assert float(psnr(sr, hq, 4, y_channel=y)) == pytest.approx(calculate_psnr(*bgr, 4, test_y_channel=y), abs=1e-5)
+        assert float(ssim(sr, hq, 4, y_channel=y)) == pytest.approx(calculate_ssim(*bgr, 4, test_y_channel=y), abs=1e-6)
+
+
 def test_agrees_with_pyiqa_when_conventions_match(pair):
     """pyiqa's `psnr`/`ssim` default to the Y of YIQ, not BT.601 YCbCr (1.3 dB apart on this pair);
     with `color_space="ycbcr"` PSNR agrees. pyiqa's SSIM also rounds Y to integers (MATLAB's uint8

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from skimage.data import astronaut
 
 from headsup.degradations import RealESRGANDegradation
+from tests.conftest import basicsr_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAT = (80, 304)  # the flattest 128 px square of astronaut (least Laplacian energy on a 16 px grid)
@@ -135,18 +136,6 @@ def test_final_sinc_removes_high_frequency_energy():
 CROPS, CROP, GROUP, SEED = 200, 128, 4, 24
 
 
-def _reference_module():
-    """benchmarks/realesrgan_reference.py, which makes basicsr 1.4.2 importable; a skip without basicsr."""
-    if importlib.util.find_spec("basicsr") is None:  # not importorskip: basicsr's import fails before the shim
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("basicsr 1.4.2 is not installed (make install adds it; "
-                    "pip install --no-deps --no-build-isolation basicsr==1.4.2)")
-    path = ROOT / "benchmarks" / "realesrgan_reference.py"
-    spec = importlib.util.spec_from_file_location("realesrgan_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @contextlib.contextmanager
 def _seeded_global_rngs(seed: int):
     """basicsr draws from the global random/NumPy/torch generators: seed them, restore them after."""
@@ -168,7 +157,7 @@ def _psnr_to_bicubic(lq: torch.Tensor, hq: torch.Tensor) -> np.ndarray:
 
 
 def test_degradation_strength_matches_basicsr_recipe():
-    ref = _reference_module()
+    ref = basicsr_reference()
     rng = np.random.default_rng(SEED)
     ys, xs = rng.integers(0, 512 - CROP + 1, (2, CROPS))
     img = astronaut()

@@ -60,6 +60,27 @@ def test_reference_dropout_rate():
         OneStepSR(TinySD(), reference=True, reference_dropout=1.5)
 
 
+def test_each_rank_draws_its_own_reference_dropout_and_objective_noise(monkeypatch):
+    """Lightning seeds every rank alike; SRSystem.on_fit_start gives each rank its own draws."""
+    from headsup.models.teacher import TeacherWithFakeScore
+    from headsup.objectives.vsd import VSDLoss
+    from headsup.system import SRSystem
+
+    system = SRSystem(OneStepSR(TinySD(), reference=True), {"vsd": VSDLoss(TeacherWithFakeScore())})
+    system.generator.train()
+    masks, noise = {}, {}
+    for rank in (0, 1, 0):
+        monkeypatch.setattr(SRSystem, "global_rank", property(lambda self, r=rank: r))
+        torch.manual_seed(0)  # as seed_everything does on every rank
+        system.on_fit_start()
+        mask = system.generator.keep_reference(torch.ones(256, dtype=torch.bool))
+        draw = torch.rand(8, generator=system.objectives["vsd"].rng("cpu"))
+        if rank in masks:  # the same rank draws the same again
+            assert mask.equal(masks[rank]) and draw.equal(noise[rank])
+        masks[rank], noise[rank] = mask, draw
+    assert not masks[0].equal(masks[1]) and not noise[0].equal(noise[1])
+
+
 def test_warped_reference_lands_on_the_face():
     img = torch.from_numpy(astronaut()).permute(2, 0, 1).float() / 255
     aligned = align_faces(img[None], LANDMARKS[None], 256)

@@ -166,6 +166,7 @@ class OneStepSR(nn.Module):
             raise ValueError(f"reference_dropout must be within [0, 1], got {reference_dropout}")
         self.reference = reference
         self.reference_dropout = reference_dropout
+        self._dropout_rng: torch.Generator | None = None  # set per rank by seed(); else the global RNG
         if tiling not in ("auto", "always", "never"):
             raise ValueError(f"tiling must be 'auto', 'always' or 'never', got '{tiling}'")
         if not 0 <= tile_overlap < tile_size:
@@ -339,12 +340,20 @@ class OneStepSR(nn.Module):
         return tiled_apply(fn, x, self.tile_size * per_latent, self.tile_overlap * per_latent, self.tile_batch,
                            factor=factor, network=network, norm_passes=self.norm_passes, align=per_latent)
 
+    def seed(self, seed: int) -> None:
+        """Seed the reference-dropout draws (SRSystem gives each rank its own seed)."""
+        self._dropout_rng = torch.Generator().manual_seed(seed)
+
     def keep_reference(self, has_reference: torch.Tensor) -> torch.Tensor:
         """Which samples keep their reference: all that have one, less a random
         `reference_dropout` share in training."""
         keep = has_reference.bool()
         if self.training and self.reference_dropout > 0:
-            keep = keep & (torch.rand(keep.shape, device=keep.device) >= self.reference_dropout)
+            if self._dropout_rng is None:
+                draw = torch.rand(keep.shape, device=keep.device)
+            else:
+                draw = torch.rand(keep.shape, generator=self._dropout_rng).to(keep.device)
+            keep = keep & (draw >= self.reference_dropout)
         return keep
 
     def conditioning(
