@@ -111,3 +111,13 @@ def test_folder_without_text_encoder_warns_and_a_cfg_teacher_on_it_is_refused(tm
         system.objectives["vsd"].scores.real_eps(z, torch.tensor([500]))  # training refuses it
     with pytest.warns(UserWarning, match="embed as zeros"):  # no guidance: nothing for the prompts to do
         SRSystem(generator, {"vsd": VSDLoss(TeacherWithFakeScore(guidance_scale=1.0))})
+
+
+def test_teacher_default_negative_prompt_is_osediffs():
+    """The VSD teacher's default negative prompt is `--neg_prompt` of OSEDiff's train_osediff.sh."""
+    from headsup.models.teacher import TeacherWithFakeScore
+
+    osediff = ("painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, unreal "
+               "engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, signature, jpeg "
+               "artifacts, deformed, lowres, over-smooth")
+    assert TeacherWithFakeScore().prompts[1] == osediff  # (prompt, negative_prompt); built lazily

@@ -52,6 +52,7 @@ def test_test_reproduces_metrics_and_writes_results(trained):
     assert runs[0]["settings"]["crop_border"] == 4
     assert (tmp / "run" / "test_images" / "portrait" / "astronaut.png").is_file()
     assert "PSNR-Y" in (tmp / "run" / "results.md").read_text()
+    assert (tmp / "run" / "config_test.yaml").is_file()  # test's resolved config, beside fit's config.yaml
     # the checkpoint's weights, not the untrained ones, produced these numbers
     cli = build_cli(["--config", str(config)] + data, run=False)
     cli.trainer.test(cli.model, datamodule=cli.datamodule)
@@ -343,11 +344,11 @@ def test_predict_colour_fix_options(trained, tmp_path, samples_dir):
               str(samples_dir / "predict"), "--writer.output_dir", str(tmp_path / "x"), "--writer.color_fix", "sepia"])
 
 
-def test_predict_tiling_options_apply_with_a_checkpoint(trained, tmp_path, samples_dir):
+def test_predict_tiling_options_apply_with_a_checkpoint(trained, tmp_path, samples_dir, capsys):
     tmp, config, _ = trained
     ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
     src = _small_input(samples_dir, tmp_path, "camera")
-    outputs = {}
+    outputs, summaries = {}, {}
     for name, extra in (("whole", ["--model.generator.init_args.tiling", "never"]),
                         ("tiled", ["--model.generator.init_args.tiling", "always",
                                    "--model.generator.init_args.tile_size", "48"])):
@@ -355,6 +356,8 @@ def test_predict_tiling_options_apply_with_a_checkpoint(trained, tmp_path, sampl
         assert main(["predict", "--config", str(config), "--ckpt_path", ckpt, "--data.predict_input",
                      str(src), "--writer.output_dir", str(out), "--writer.color_fix", "none"] + extra) == 0
         outputs[name] = np.asarray(Image.open(out / "camera.png")).astype(np.float64)
+        summaries[name] = capsys.readouterr().out
+    assert "tile-edge seam score" in summaries["tiled"] and "seam" not in summaries["whole"]
     assert outputs["whole"].shape == outputs["tiled"].shape == (256, 256)  # 64 px grayscale input, x4
     diff = np.abs(outputs["whole"] - outputs["tiled"])
     # The options reach the model (the tiled run differs). This checks wiring, not tiling fidelity: with
@@ -393,3 +396,22 @@ def test_enhance_tool_is_predict_in_one_line(trained, tmp_path, samples_dir, cap
     assert tools(args) == 0 and "1 already there" in capsys.readouterr().out
     assert tools(["enhance", str(src), str(out), "--weights", str(tmp_path / "none.ckpt")]) == 2
     assert "none.ckpt" in capsys.readouterr().err
+
+
+def test_ckpt_path_takes_the_model_section_from_the_checkpoint(trained, tmp_path):
+    """With --ckpt_path the model is built from the checkpoint's own config (a command-line LoRA rank is
+    overridden, not a load failure); data and trainer still come from this run's config."""
+    tmp, config, _ = trained
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    cfg = yaml.safe_load(config.read_text())
+    run = tmp_path / "ckpt_model"
+    cfg["trainer"]["default_root_dir"] = str(run)
+    cfg["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path), name="ckpt_model")
+    cfg["data"]["test_sets"] = cfg["data"]["test_sets"][:1]
+    path = tmp_path / "one_set.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert main(["test", "--config", str(path), "--ckpt_path", ckpt, "--results.save_images", "false",
+                 "--model.generator.init_args.unet_lora.rank", "2"]) == 0
+    saved = yaml.safe_load((run / "config_test.yaml").read_text())
+    assert saved["model"]["generator"]["init_args"]["unet_lora"]["rank"] == 8  # the checkpoint's (quickstart) rank
+    assert set(json.loads((run / "results.json").read_text())["sets"]) == {"portrait"}  # this config's data

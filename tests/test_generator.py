@@ -247,3 +247,18 @@ def test_compiled_generator_gives_the_same_output():  # about a minute of induct
     assert [m._compiled_call_impl is not None for m in (gen.unet, gen.vae.encoder, gen.vae.decoder)] == [True] * 3
     assert counters["stats"]["unique_graphs"] >= 3
     assert all(not k.startswith("_orig_mod") for k in gen.state_dict())  # checkpoints keep their keys
+
+
+def test_unet_attention_runs_through_scaled_dot_product_attention(generator, monkeypatch):
+    """The UNet's attention uses diffusers' default processor, AttnProcessor2_0, i.e. PyTorch's SDPA."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    processors = generator.unet.attn_processors
+    assert processors and all(isinstance(p, AttnProcessor2_0) for p in processors.values())
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(a[0].shape) or sdpa(*a, **kw))
+    with torch.no_grad():
+        generator(torch.rand(1, 3, 16, 16))
+    assert len(calls) == len(processors)  # every attention layer went through it

@@ -284,3 +284,38 @@ def test_predict_face_fields_are_computed_in_fp32_under_autocast():
     assert plain["has_reference"].item() and set(mixed) == set(plain)
     for key, value in plain.items():  # the aligned reference moves by up to 0.5 in bf16
         assert mixed[key].dtype == value.dtype and torch.equal(mixed[key], value), key
+
+
+# ---------------------------------------------------------------------------- colour fix and overwrite
+def test_alpha_is_never_colour_corrected(tmp_path):
+    """The colour fix (adain, wavelet) changes the RGB only: the saved alpha is the plain upscaled alpha."""
+    torch.manual_seed(0)
+    lq = 0.5 + 0.5 * torch.rand(1, 3, 8, 8)  # a bright input under a dark output: the fix has work to do
+    sr = 0.5 * torch.rand(1, 3, 32, 32)
+    alpha = torch.linspace(0, 1, 32 * 32).view(1, 1, 32, 32) ** 2  # the system's upscaled alpha (B, 1, H, W)
+    expected = (alpha[0, 0] * 255).round().numpy().astype(np.uint8)
+    saved = {}
+    for method in ("none", "adain", "wavelet"):
+        writer = PredictWriter(output_dir=str(tmp_path / method), color_fix=method)
+        prediction = {"sr": sr, "alpha": alpha, "path": str(tmp_path / "in.png"), "relpath": "in.png",
+                      "grayscale": False, "bit_depth": 8}
+        writer.write_on_batch_end(None, None, prediction, [0], {"lq": lq}, 0, 0)
+        saved[method] = np.asarray(Image.open(tmp_path / method / "in.png"))
+    for method in ("adain", "wavelet"):
+        assert saved[method].shape == (32, 32, 4)
+        assert np.abs(saved[method][..., :3].astype(int) - saved["none"][..., :3]).mean() > 20  # RGB corrected
+        assert np.array_equal(saved[method][..., 3], expected)  # alpha untouched
+
+
+def test_overwrite_replaces_an_existing_output(tmp_path):
+    """An existing output is kept by default and replaced with `overwrite=True`."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    _tiny_photo(src / "a.png")
+    _tiny_photo(out / "a.png", seed=5, size=(8, 8))  # a stale output
+    stale = (out / "a.png").read_bytes()
+    system = SRSystem(generator=OneStepSR(TinySD()).eval())
+    kept = _predict(system, src, out)
+    assert not kept.written and (out / "a.png").read_bytes() == stale
+    replaced = _predict(system, src, out, overwrite=True)
+    assert [p.name for p in replaced.written] == ["a.png"] and not replaced.skipped
+    assert Image.open(out / "a.png").size == (96, 64)  # the x4 output of the 24 x 16 input, not the stale file

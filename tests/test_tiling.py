@@ -205,3 +205,47 @@ def test_diverging_norm_statistics_fall_back_to_per_tile_normalisation(pretraine
         with pytest.warns(UserWarning, match="did not converge"):
             out = tiling.tiled_apply(gen.decode, z, tile=48, overlap=16, network=gen.vae, norm_passes=2)
     assert torch.equal(out, per_tile)
+
+
+def test_blend_weights_fade_to_zero_at_inner_tile_edges_only():
+    """A tile's Gaussian blend weight fades to ~0 on sides shared with another tile, not at the image border."""
+    from headsup.inference.tiling import tile_weight
+
+    gauss = gaussian_weight(32, 32)
+    w = tile_weight(gauss, 8, top=False, bottom=True, left=False, right=True)  # the top-left tile of a grid
+    assert w[-1].max() < 0.01 * w.max() and w[:, -1].max() < 0.01 * w.max()  # inner edges: ~0
+    assert torch.equal(w[0, :-8], gauss[0, :-8]) and torch.equal(w[:-8, 0], gauss[:-8, 0]) and w[0, 0] > 0
+
+    def marked(t):  # 1 on each tile's own border pixels (where its convolutions saw padding), 0 inside
+        out = torch.zeros_like(t)
+        out[..., [0, -1], :] = 1
+        out[..., :, [0, -1]] = 1
+        return out
+
+    out = tiled_apply(marked, torch.zeros(1, 1, 80, 80), tile=32, overlap=16)
+    assert out[..., 1:-1, 1:-1].max() < 0.01  # inner tile edges barely reach the blend
+    assert torch.allclose(out[..., 0, :], torch.ones(80))  # the image border keeps its (only) tile's value
+
+
+def test_default_memory_budget_is_60_percent_of_free_gpu_memory_or_half_the_free_ram(monkeypatch):
+    """Without memory_budget_gb, "auto" budgets 60% of the free GPU memory on CUDA, half the free RAM on the CPU."""
+    import os
+
+    from headsup.models import generator as module
+
+    assert 0 < module._available_ram() <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # bytes
+    gen = OneStepSR(TinySD(), tiling="auto", tile_size=32, tile_overlap=8).eval()
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * 2**30, 141 * 2**30))
+    monkeypatch.setattr(module, "_available_ram", lambda: 8 * 2**30)
+    assert gen._budget(torch.device("cuda", 0)) == pytest.approx(6 * 2**30)
+    assert gen._budget(torch.device("cpu")) == pytest.approx(4 * 2**30)
+    gen.memory_budget_gb = 1.5  # an explicit budget wins on both
+    assert gen._budget(torch.device("cuda", 0)) == gen._budget(torch.device("cpu")) == 1.5 * 2**30
+    gen.memory_budget_gb = None
+    z = torch.zeros(1, 4, 84, 140)
+    need = gen.stage_memory("decode", z.shape, torch.float32)
+    with torch.no_grad():  # the CPU decision: tile when the stage needs more than half the free RAM
+        monkeypatch.setattr(module, "_available_ram", lambda: 2.02 * need)
+        assert not gen._should_tile("decode", z, 1)
+        monkeypatch.setattr(module, "_available_ram", lambda: 1.98 * need)
+        assert gen._should_tile("decode", z, 1)
