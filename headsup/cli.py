@@ -12,6 +12,7 @@ shows the resolved configuration.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import sys
 import warnings
@@ -69,10 +70,19 @@ class HeadsupCLI(LightningCLI):
         # metrics and tiling come from this run's config and command line instead.
         sub = self.config.get("subcommand")
         kept = {k: self.config.get(f"{sub}.{k}") for k in self.RUN_KEYS} if sub else {}
-        super()._parse_ckpt_path()
+        try:
+            super()._parse_ckpt_path()  # torch.load with weights_only (torch's default since 2.6)
+        except pickle.UnpicklingError as err:
+            path = self.config.get(f"{sub}.ckpt_path") if sub else self.config.get("ckpt_path")
+            raise UnsafeCheckpointError(f"{path} (--ckpt_path) holds more than tensors and plain values (loading "
+                                        f"it could run code), refused: {str(err).splitlines()[0]}") from err
         for key, value in kept.items():
             if value is not None:
                 self.config[f"{sub}.{key}"] = value
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that would run code while unpickling (refused; torch.load with weights_only)."""
 
 
 def place_run(cfg: dict, run_dir: str | os.PathLike) -> dict:
@@ -144,11 +154,11 @@ def _keys_naming(config, message: str) -> list[str]:
 
 
 def _input_error(err: BaseException) -> BaseException | None:
-    """The missing-file or unreadable-image error behind `err` (jsonargparse wraps errors raised
+    """The missing-file, unreadable-image or refused-checkpoint error behind `err` (jsonargparse wraps errors raised
     while building components in its own), or None."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, (FileNotFoundError, ImageReadError)):
+        if isinstance(err, (FileNotFoundError, ImageReadError, UnsafeCheckpointError)):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__

@@ -39,6 +39,12 @@ def test_backbone_weights_come_from_a_local_file(tmp_path):
     assert all(p.requires_grad for p in disc.head_parameters())
     disc.train()
     assert not disc.backbone.training
+    # timm's hub repos ship `model.safetensors`: the same tensors load from that format
+    from safetensors.torch import save_file
+
+    save_file(state, tmp_path / "model.safetensors")
+    disc = Discriminator("test_resnet", weights=str(tmp_path / "model.safetensors"), out_indices=(1, 2))
+    assert torch.equal(disc.backbone.conv1[0].weight, state["conv1.0.weight"])
 
 
 def test_generator_and_discriminator_gradients_stay_apart(images):

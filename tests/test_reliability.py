@@ -103,6 +103,9 @@ def test_odd_paths_read_or_fail_clearly(tmp_path):
         read_image(tmp_path / "empty.jpg")
 
 
+QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "quickstart.yaml"
+
+
 class _RunsCode:  # what a malicious checkpoint pickles: unpickling it would call os.system
     def __reduce__(self):
         import os
@@ -120,10 +123,16 @@ def test_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch, capsys
     assert tools(["enhance", str(tmp_path / "in.png"), str(tmp_path / "out"), "--weights", str(evil)]) == 2
     err = capsys.readouterr().err
     assert "evil.ckpt" in err and "refused" in err
+    # the other two ways a checkpoint comes in: --ckpt_path and the blending baseline's CheckpointModel
+    from headsup.cli import main
+    from headsup.inference.blending import CheckpointModel
+
+    assert main(["test", "--config", str(QUICKSTART), "--ckpt_path", str(evil)]) == 2
+    err = capsys.readouterr().err
+    assert "evil.ckpt (--ckpt_path)" in err and "refused" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="evil.ckpt.*refused"):
+        CheckpointModel(str(evil))
     assert not (tmp_path / "PWNED").exists()
-
-
-QUICKSTART = Path(__file__).resolve().parents[1] / "configs" / "experiments" / "quickstart.yaml"
 
 
 @pytest.mark.parametrize("key, value, shown", [
