@@ -13,6 +13,8 @@ weights come back from the backbone source when the model is built.
 
 from __future__ import annotations
 
+import contextlib
+
 import warnings
 from typing import Any
 
@@ -58,6 +60,10 @@ class SRSystem(L.LightningModule):
         metrics: Evaluation metrics besides PSNR/SSIM (Y and RGB) and the seam score, by result
             name, e.g. {"lpips": LPIPSMetric, "musiq": PyiqaMetric, "deg": IdentityCosine}; those
             whose weights are missing are reported as unavailable.
+        accumulate: Batches whose gradients make one update (of the generator and of each helper),
+            each loss divided by it: `data.batch_size` x `accumulate` x GPUs samples per update (OSEDiff:
+            16). `trainer.max_steps` and checkpoint intervals count updates; `val_check_interval`
+            counts batches.
         max_bad_steps: A generator update whose loss or gradient is NaN/inf (on any rank) is skipped,
             logged (`train/skipped_steps`) and warned about; this many in a row stop training with
             an error, before NaN can reach the weights or a checkpoint.
@@ -74,6 +80,7 @@ class SRSystem(L.LightningModule):
         log_images: int = 2,
         metrics: dict[str, ExtraMetric] | None = None,
         max_bad_steps: int = 10,
+        accumulate: int = 1,
     ) -> None:
         super().__init__()
         # Under the CLI the hyperparameters are the parsed config (class paths and init args);
@@ -99,6 +106,12 @@ class SRSystem(L.LightningModule):
         self.eval_metrics = nn.ModuleDict(metrics or {})
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
         self.max_bad_steps = max_bad_steps
+        if accumulate < 1:
+            raise ValueError(f"model.accumulate must be at least 1, got {accumulate}")
+        self.accumulate = accumulate
+        self._micro = 0  # batches of the current update done so far
+        self._accumulated_bad = False  # a non-finite generator loss in the current update
+        self._bad_aux: set[str] = set()  # helpers with a non-finite loss in the current update
         self._bad_steps = 0  # consecutive steps skipped for a non-finite loss or gradient
         self.skipped_steps = 0
         self._checkpoint_keys = {n for n, p in self.named_parameters() if p.requires_grad} | {"generator_updates"}
@@ -134,7 +147,10 @@ class SRSystem(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        gen_opt, aux_opts = optimizers[0], dict(zip(self._aux_names, optimizers[1:]))
         step = int(self.generator_updates)
+        first, last = self._micro == 0, self._micro == self.accumulate - 1
+        self._micro = 0 if last else self._micro + 1
         out = self.generator.generate(batch["lq"], **self._conditioning(batch))
         ctx = StepContext(batch["lq"], batch["hq"], out.image, out.latent, step, batch)
 
@@ -144,46 +160,85 @@ class SRSystem(L.LightningModule):
             if objective.active(step):
                 losses[name] = objective.generator_loss(ctx)
                 total = total + objective.weight * losses[name]
-        gen_opt = optimizers[0]
-        gen_opt.zero_grad(set_to_none=True)
-        finite = self._all_ranks_finite(total)
-        if finite:
-            self.manual_backward(total)
-            finite = self._all_ranks_finite(*(p.grad for p in self.generator.parameters() if p.grad is not None))
-        if not finite:
-            return self._skip_step(gen_opt, losses, step)
+        if first:
+            self._accumulated_bad = False
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+        bs = batch["lq"].shape[0]
+        if self._all_ranks_finite(total) and not self._accumulated_bad:
+            with self._helpers_grad_kept(aux_opts.values()), self._sync(last):
+                self.manual_backward(total / self.accumulate)
+            self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=bs)
+            self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
+        else:
+            self._accumulated_bad = True
+
+        detached = StepContext(ctx.lq, ctx.hq, out.image.detach(), out.latent.detach(), step, batch)
+        for name, opt in aux_opts.items():
+            objective = self.objectives[name]
+            if not objective.active(step) or name in self._bad_aux:
+                continue
+            aux = objective.aux_loss(detached)
+            if not self._all_ranks_finite(aux):
+                rank_zero_warn(f"step {step}: {name}'s own loss is not finite; its update is skipped")
+                self._bad_aux.add(name)
+                continue
+            with self._sync(last):
+                self.manual_backward(aux / self.accumulate)
+            self.log(f"train/{name}_aux", aux.detach(), batch_size=bs)
+        if last:
+            self._update(gen_opt, aux_opts, losses, step)
+        return total.detach()
+
+    def _update(self, gen_opt, aux_opts: dict, losses: dict, step: int) -> None:
+        """Step the generator and the helpers on the gradients of the last `accumulate` batches."""
+        bad_aux, self._bad_aux = self._bad_aux, set()
+        if self._accumulated_bad or not self._all_ranks_finite(
+                *(p.grad for p in self.generator.parameters() if p.grad is not None)):
+            for opt in aux_opts.values():
+                opt.zero_grad(set_to_none=True)
+            self._skip_step(gen_opt, losses, step)
+            return
         self._bad_steps = 0
         if self.grad_clip:
             self.clip_gradients(gen_opt, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         gen_opt.step()
-
-        detached = StepContext(ctx.lq, ctx.hq, out.image.detach(), out.latent.detach(), step, batch)
-        for name, opt in zip(self._aux_names, optimizers[1:]):
-            objective = self.objectives[name]
-            if not objective.active(step):
+        for name, opt in aux_opts.items():
+            if not self.objectives[name].active(step) or name in bad_aux:
                 continue
-            aux = objective.aux_loss(detached)
-            opt.zero_grad(set_to_none=True)
-            if not self._all_ranks_finite(aux):
-                rank_zero_warn(f"step {step}: {name}'s own loss is not finite; its update is skipped")
-                continue
-            self.manual_backward(aux)
+            clip = self.objectives[name].aux_grad_clip
+            if clip:
+                torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
             # the raw optimizer: Lightning's wrapper would count this step in trainer.global_step,
             # which must stay the number of generator updates (max_steps, checkpoint intervals)
             getattr(opt, "optimizer", opt).step()
-            losses[f"{name}_aux"] = aux
-
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
         self.generator_updates += 1
+        self.log("train/lr", gen_opt.param_groups[0]["lr"], batch_size=1)
+        self.log("train/generator_updates", float(step + 1), batch_size=1)
 
-        bs = batch["lq"].shape[0]
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=bs)
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
-        self.log("train/lr", gen_opt.param_groups[0]["lr"], batch_size=bs)
-        self.log("train/generator_updates", float(step + 1), batch_size=bs)
-        return total.detach()
+    @contextlib.contextmanager
+    def _helpers_grad_kept(self, aux_opts):
+        """The generator's backward also reaches helpers its loss runs through (a discriminator):
+        keep their accumulated gradients as they were, which only their own losses build."""
+        params = [p for opt in aux_opts for g in opt.param_groups for p in g["params"]]
+        kept = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        try:
+            yield
+        finally:
+            for p, grad in zip(params, kept):
+                p.grad = grad
+
+    def _sync(self, last: bool):
+        """DDP synchronises gradients on the last micro-batch of an update only."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if last or not hasattr(strategy, "block_backward_sync"):
+            return contextlib.nullcontext()
+        return strategy.block_backward_sync()
 
     def _all_ranks_finite(self, *tensors: torch.Tensor) -> bool:
         """Whether every tensor is finite on every rank (one decision for all, so DDP ranks skip together)."""

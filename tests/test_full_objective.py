@@ -50,11 +50,30 @@ def test_full_objective_trains_every_part_with_its_own_loss(tmp_path, samples_di
                                                            portrait_set):
     config = tiny_config(tmp_path, samples_dir, tiny_sd_dir, tiny_weights, portrait_set, max_steps=3,
                          val_check_interval=1000)
-    cli = build_cli(["--config", str(config), "--data.val_sets", "[]"], run=False)
+    clip = 1e-4  # far below the fake score's gradient norm: clipping must act on every update
+    cli = build_cli(["--config", str(config), "--data.val_sets", "[]",
+                     "--model.objectives.vsd.init_args.grad_clip", str(clip)], run=False)
     model = cli.model
     before = _snapshot(model)
-    cli.trainer.fit(model, datamodule=cli.datamodule)
+    fake = {id(p) for p in model.objectives["vsd"].scores.fake_parameters()}
+    fake_norms = []  # gradient norm of the fake score's LoRA when its optimizer steps
+
+    def record(optimizer, args, kwargs):
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if params and all(id(p) in fake for p in params):
+            fake_norms.append(float(torch.stack([p.grad.norm() for p in params if p.grad is not None]).norm()))
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        cli.trainer.fit(model, datamodule=cli.datamodule)
+    finally:
+        handle.remove()
     after = _snapshot(model)
+    assert len(fake_norms) == 3 and max(fake_norms) <= clip * 1.001  # OSEDiff clips the fake score too
+    opt = model.objectives["vsd"].configure_optimizer()
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 1e-2
 
     logged = {k.removeprefix("train/") for k in cli.trainer.logged_metrics if k.startswith("train/")}
     assert logged == TERMS | {"loss", "lr", "generator_updates"}

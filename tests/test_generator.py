@@ -8,7 +8,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from headsup.models.backbone import SD21_BASE_UNET, SD21_BASE_VAE, DiffusersFolder
 from headsup.models.generator import OneStepSR
-from headsup.models.lora import UNET_TARGETS, VAE_ENCODER_TARGETS, LoRASpec, add_lora, resolve_targets
+from headsup.models.lora import LoRASpec, add_lora, resolve_targets
 from headsup.testing.tiny import TinySD
 
 
@@ -34,7 +34,7 @@ def test_gradients_reach_lora_and_conv_in_only(generator):
     assert with_grad, "no gradient reached any parameter"
     assert with_grad <= trainable
     assert all("lora_" in n or n.startswith("unet.conv_in.") for n in trainable)
-    assert {"unet.conv_in.weight", "unet.conv_in.bias"} <= trainable
+    assert {"unet.conv_in.base_layer.weight", "unet.conv_in.base_layer.bias"} <= trainable  # LoRA-wrapped, fully trained
     assert any(n.startswith("vae.encoder.") and "lora_" in n for n in trainable)
     assert not any(n.startswith(("vae.decoder.", "vae.post_quant_conv.")) for n in trainable)
     assert not generator.vae.decoder.training
@@ -102,15 +102,30 @@ def test_full_size_sd21_base_on_meta_device():
     n_vae = sum(p.numel() for p in vae.parameters())
     assert abs(n_unet - 865.9e6) < 0.5e6, n_unet
     assert abs(n_vae - 83.65e6) < 0.5e6, n_vae
-    enc = resolve_targets(vae, VAE_ENCODER_TARGETS, "encoder.")
-    assert enc and all(n.startswith("encoder.") for n in enc)
-    resolved = resolve_targets(unet, UNET_TARGETS)
-    for suffix in ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2", "conv1", "time_emb_proj"):
-        assert any(n.endswith("." + suffix) for n in resolved), suffix
-    names = add_lora(unet, LoRASpec(rank=4, alpha=4, targets=UNET_TARGETS))
+    # OSEDiff's released target rules select 258 UNet modules (conv_in among them, no time_emb_proj)
+    # and 32 VAE modules (encoder + quant_conv); the fake score's effective mid-block adapter has 16
+    # (counts from a line-by-line reading of OSEDiff's osediff.py on SD 2.1-base, issue 16)
+    unet_names = resolve_targets(unet, "osediff_unet")
+    assert len(unet_names) == 258 and "conv_in" in unet_names and "conv_out" in unet_names
+    assert not any("time_emb" in n or "time_embedding" in n for n in unet_names)
+    vae_names = resolve_targets(vae, "osediff_vae_encoder")
+    assert len(vae_names) == 32 and {"encoder.conv_in", "quant_conv"} <= set(vae_names)
+    assert all(n.startswith("encoder.") or n == "quant_conv" for n in vae_names)
+    assert len(resolve_targets(unet, "osediff_unet", "mid_block.")) == 16
+    # earlier headsup lists, kept as presets: 279 (with time_emb_proj, without conv_in) and 30
+    old = resolve_targets(unet, "headsup_unet")
+    assert len(old) == 279 and "conv_in" not in old and set(old) - set(unet_names) == {
+        n for n in old if n.endswith("time_emb_proj")}
+    assert len(resolve_targets(vae, "headsup_vae_encoder", "encoder.")) == 30
+    names = add_lora(unet, LoRASpec(rank=4))
     lora_params = sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n)
-    assert names == resolved and len(names) > 250
+    assert names == unet_names
     assert 1e6 < lora_params < 2e7, lora_params
+
+
+def test_vae_lora_that_reaches_the_decoder_is_refused():
+    with pytest.raises(ValueError, match="decoder"):
+        OneStepSR(TinySD(), vae_lora=LoRASpec(targets=["conv1"]))  # no prefix: encoder and decoder convs
 
 
 def test_sd_turbo_layout_with_euler_scheduler(tmp_path):

@@ -35,7 +35,7 @@ def _pair():
 
 def test_zero_initialised_channels_leave_the_output_unchanged():
     plain, widened = _pair()
-    assert widened.unet.conv_in.in_channels == 9 and widened.unet.config.in_channels == 9
+    assert widened.unet.conv_in.get_base_layer().in_channels == 9 and widened.unet.config.in_channels == 9
     x = _inputs()
     with torch.no_grad():
         before = plain(x["lq"])

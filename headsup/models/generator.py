@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from headsup.models.backbone import BackboneSource
-from headsup.models.lora import UNET_TARGETS, VAE_ENCODER_TARGETS, LoRASpec, add_lora
+from headsup.models.lora import LoRASpec, add_lora, resolve_targets
 from headsup.models.norm import use_split_group_norm
 
 
@@ -85,8 +85,10 @@ class OneStepSR(nn.Module):
         backbone: Where the UNet/VAE/schedule come from (a local diffusers folder or a config).
         scale: Upscaling factor from LQ to output.
         timestep: The single diffusion timestep the UNet is called at.
-        unet_lora: LoRA of the UNet (rank, alpha, target module suffixes).
-        vae_lora: LoRA of the VAE encoder; its prefix keeps it off the decoder.
+        unet_lora: LoRA of the UNet (rank, alpha, targets; default: OSEDiff's rank 4, alpha 8,
+            `osediff_unet` targets).
+        vae_lora: LoRA of the VAE encoder (default: rank 4, alpha 8, `osediff_vae_encoder`
+            targets); targets that reach the decoder or `post_quant_conv` are refused.
         train_conv_in: Make the UNet's input convolution fully trainable (as OSEDiff does).
         sample_latent: Sample from the encoder's posterior in training instead of taking its mean.
         reference: Condition on a reference face and the face mask (conv_in widened, zero-initialised).
@@ -189,13 +191,17 @@ class OneStepSR(nn.Module):
             widen_conv_in(self.unet, 2 * self.latent_channels + 1)
 
         self.requires_grad_(False)
-        self.unet_lora = unet_lora or LoRASpec(rank=4, alpha=4.0, targets=list(UNET_TARGETS))
-        self.vae_lora = vae_lora or LoRASpec(rank=4, alpha=4.0, targets=list(VAE_ENCODER_TARGETS), prefix="encoder.")
-        if not self.vae_lora.prefix.startswith("encoder"):
-            raise ValueError(f"vae_lora.prefix must select the encoder, got '{self.vae_lora.prefix}'")
+        self.unet_lora = unet_lora or LoRASpec()
+        self.vae_lora = vae_lora or LoRASpec()
+        vae_targets = self.vae_lora.targets or "osediff_vae_encoder"
+        decoder = [n for n in resolve_targets(self.vae, vae_targets, self.vae_lora.prefix)
+                   if n.startswith(("decoder", "post_quant_conv"))]
+        if decoder:  # the decoder stays frozen and adapter-free (OSEDiff)
+            raise ValueError(f"vae_lora targets {vae_targets} (prefix '{self.vae_lora.prefix}') reach the VAE "
+                             f"decoder ({decoder[0]}, ...): use the encoder's, e.g. prefix 'encoder.'")
         self._norms = use_split_group_norm(self.unet) + use_split_group_norm(self.vae)  # off until asked
-        self.unet_lora_modules = add_lora(self.unet, self.unet_lora)
-        self.vae_lora_modules = add_lora(self.vae, self.vae_lora)
+        self.unet_lora_modules = add_lora(self.unet, self.unet_lora, default="osediff_unet")
+        self.vae_lora_modules = add_lora(self.vae, self.vae_lora, default="osediff_vae_encoder")
         if train_conv_in:
             self.unet.conv_in.requires_grad_(True)
         self.vae.decoder.requires_grad_(False)

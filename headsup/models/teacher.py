@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from headsup.models.backbone import BackboneSource
-from headsup.models.lora import UNET_TARGETS, LoRASpec, add_lora
+from headsup.models.lora import LoRASpec, add_lora
 
 ADAPTER = "fake_score"
 
@@ -50,7 +50,10 @@ class TeacherWithFakeScore(nn.Module):
     Args:
         backbone: Source of the pretrained UNet and noise schedule; None: the generator's, given
             when the objective is bound to it (`build`), so one path configures both.
-        fake_lora: LoRA of the fake score (rank, alpha, targets).
+        fake_lora: LoRA of the fake score (default: OSEDiff's rank 4, alpha 8, `osediff_unet` targets
+            under the prefix "mid_block.": the only adapter OSEDiff's fake score runs and trains, since
+            diffusers' `add_adapter` activates the last adapter added and its three are never set
+            active together; prefix "" adapts the whole UNet).
         guidance_scale: Classifier-free guidance scale of the teacher (OSEDiff: 7.5). Above 1 the two
             prompts must embed differently (a backbone without a text encoder embeds both as zeros):
             such a teacher is warned about when built and refused when training calls it, since its
@@ -70,7 +73,7 @@ class TeacherWithFakeScore(nn.Module):
         negative_prompt: str = OSEDIFF_NEGATIVE_PROMPT,
     ) -> None:
         super().__init__()
-        self.fake_lora = fake_lora or LoRASpec(rank=4, alpha=4.0, targets=list(UNET_TARGETS))
+        self.fake_lora = fake_lora or LoRASpec(prefix="mid_block.")
         self.guidance_scale = guidance_scale
         self.prompts = (prompt, negative_prompt)
         self.unet = None
@@ -95,7 +98,7 @@ class TeacherWithFakeScore(nn.Module):
             warnings.warn(self._inert_message(), UserWarning, stacklevel=2)
         self.register_buffer("prompt_embeds", embeds[:1].clone(), persistent=False)
         self.register_buffer("negative_embeds", embeds[1:].clone(), persistent=False)
-        add_lora(self.unet, self.fake_lora, ADAPTER)
+        add_lora(self.unet, self.fake_lora, ADAPTER, default="osediff_unet")
         self.unet.set_adapter(ADAPTER)
         self.train(self.training)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -37,13 +38,30 @@ class StepContext:
     batch: dict[str, Any] = field(default_factory=dict)
 
 
+# Pixel ranges an MSE term can be measured in, and the factor to the MSE of images in [0, 1].
+# OSEDiff takes `F.mse_loss` of images in [-1, 1], i.e. 4x the MSE of the same images in [0, 1].
+MSE_RANGES = {"-1..1": 4.0, "0..1": 1.0}
+
+
+def range_mse(sr: torch.Tensor, hq: torch.Tensor, value_range: str) -> torch.Tensor:
+    """MSE of images given in [0, 1], measured as if they were in `value_range` ("-1..1" or "0..1")."""
+    if value_range not in MSE_RANGES:
+        raise ValueError(f"range must be one of {sorted(MSE_RANGES)}, got {value_range!r}")
+    return MSE_RANGES[value_range] * F.mse_loss(sr, hq)
+
+
 class Objective(nn.Module):
     """A weighted loss term.
 
     Args:
         weight: Multiplier of the term in the generator loss.
         start_step: Generator update from which the term is active.
+
+    Attributes:
+        aux_grad_clip: Max gradient norm of the helpers' update (`aux_loss`), None: no clipping.
     """
+
+    aux_grad_clip: float | None = None
 
     def __init__(self, weight: float = 1.0, start_step: int = 0) -> None:
         super().__init__()

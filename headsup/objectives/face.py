@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import kornia
 import torch
-import torch.nn.functional as F
 
 from headsup.models.lpips import LPIPS
-from headsup.objectives.base import Objective, StepContext
+from headsup.objectives.base import Objective, StepContext, range_mse
 
 
 def face_crops(images: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor, size: int,
@@ -72,13 +71,18 @@ class FaceMSE(_FaceObjective):
         start_step: Generator update from which it is active.
         size: Side the face crops are resampled to.
         expand: Crop side as a multiple of the face box's longer side.
+        range: Pixel range the error is measured in, as `PixelMSE`'s: "-1..1" (default, the
+            convention of the whole-image term) or "0..1".
     """
 
-    def __init__(self, weight: float = 1.0, start_step: int = 0, size: int = 128, expand: float = 1.0) -> None:
+    def __init__(self, weight: float = 1.0, start_step: int = 0, size: int = 128, expand: float = 1.0,
+                 range: str = "-1..1") -> None:  # noqa: A002
         super().__init__(weight, start_step, size, expand)
+        range_mse(torch.zeros(1), torch.zeros(1), range)
+        self.range = range
 
     def distance(self, sr: torch.Tensor, hq: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(sr, hq)
+        return range_mse(sr, hq, self.range)
 
 
 class FaceLPIPS(_FaceObjective):

@@ -1,27 +1,34 @@
 """Pixel and perceptual reconstruction losses between SR and HQ.
 
-MSE is OSEDiff's L2 data term; LPIPS (Zhang et al. 2018) its perceptual term
-(weight 2 in OSEDiff).
+MSE is OSEDiff's L2 data term (on images in [-1, 1], as OSEDiff computes it); LPIPS
+(Zhang et al. 2018) its perceptual term (weight 2 in OSEDiff).
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+import torch
 
 from headsup.models.lpips import LPIPS
-from headsup.objectives.base import Objective, StepContext
+from headsup.objectives.base import Objective, StepContext, range_mse
 
 
 class PixelMSE(Objective):
-    """Mean squared error in [0, 1] pixel space.
+    """Mean squared error of SR and HQ.
 
     Args:
-        weight: Multiplier of the term.
+        weight: Multiplier of the term (OSEDiff: 1).
         start_step: Generator update from which it is active.
+        range: Pixel range the error is measured in: "-1..1" (OSEDiff's, the default) or "0..1"
+            (a quarter of it).
     """
 
+    def __init__(self, weight: float = 1.0, start_step: int = 0, range: str = "-1..1") -> None:  # noqa: A002
+        super().__init__(weight, start_step)
+        range_mse(torch.zeros(1), torch.zeros(1), range)  # refuse an unknown range when built
+        self.range = range
+
     def generator_loss(self, ctx: StepContext):
-        return F.mse_loss(ctx.sr.float(), ctx.hq.float())
+        return range_mse(ctx.sr.float(), ctx.hq.float(), self.range)
 
 
 class LPIPSLoss(Objective):

@@ -5,7 +5,9 @@ ProlificDreamer; the DMD form of Yin et al. 2024). For the generator's clean lat
 t ~ U[t_min, t_max), z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps:
 
     g = (x0_fake(z_t) - x0_real(z_t)) / mean|z0 - x0_real(z_t)|        (per sample)
-    L_G = 1/2 || z0 - sg(z0 - g) ||^2 / N                              (so dL/dz0 = g / N)
+    L_G = || z0 - sg(z0 - g) ||^2 / N                                  (so dL/dz0 = 2 g / N)
+
+as OSEDiff's `F.mse_loss(z0, (z0 - g).detach())`.
 
 x0_real comes from the frozen teacher with classifier-free guidance, x0_fake from the LoRA
 fake score, which is trained on the generator's detached latents with the usual diffusion
@@ -31,7 +33,9 @@ class VSDLoss(Objective):
         start_step: Generator update from which the term (and fake-score training) is active.
         t_min: Smallest timestep of the generator term.
         t_max: End (exclusive) of the generator term's timestep range.
-        lr: Learning rate of the fake score's LoRA (AdamW).
+        lr: Learning rate of the fake score's LoRA (AdamW; OSEDiff: 5e-5).
+        weight_decay: AdamW weight decay of the fake score (OSEDiff: 1e-2).
+        grad_clip: Max gradient norm of the fake score's update (OSEDiff: 1.0; None: no clipping).
     """
 
     def __init__(
@@ -42,11 +46,14 @@ class VSDLoss(Objective):
         t_min: int = 20,
         t_max: int = 980,
         lr: float = 5e-5,
+        weight_decay: float = 1e-2,
+        grad_clip: float | None = 1.0,
     ) -> None:
         super().__init__(weight, start_step)
         self.scores = scores
         self.t_min, self.t_max = t_min, t_max
-        self.lr = lr
+        self.lr, self.weight_decay = lr, weight_decay
+        self.aux_grad_clip = grad_clip
         if scores.built:
             self._check_range()
 
@@ -77,7 +84,7 @@ class VSDLoss(Objective):
             x0_fake = to_x0(self.scores.fake_eps(z_t, t).float(), z_t.float(), a)
             weight = (z0 - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8)
             grad = torch.nan_to_num((x0_fake - x0_real) / weight)
-        return 0.5 * F.mse_loss(z0, (z0 - grad).detach())
+        return F.mse_loss(z0, (z0 - grad).detach())
 
     def aux_loss(self, ctx: StepContext) -> torch.Tensor:
         z0 = ctx.latent.detach().float()
@@ -93,4 +100,4 @@ class VSDLoss(Objective):
         return F.mse_loss(pred, target)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.scores.fake_parameters(), lr=self.lr)
+        return torch.optim.AdamW(self.scores.fake_parameters(), lr=self.lr, weight_decay=self.weight_decay)
