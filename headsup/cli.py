@@ -74,8 +74,10 @@ class HeadsupCLI(LightningCLI):
             super()._parse_ckpt_path()  # torch.load with weights_only (torch's default since 2.6)
         except pickle.UnpicklingError as err:
             path = self.config.get(f"{sub}.ckpt_path") if sub else self.config.get("ckpt_path")
-            raise UnsafeCheckpointError(f"{path} (--ckpt_path) holds more than tensors and plain values (loading "
-                                        f"it could run code), refused: {str(err).splitlines()[0]}") from err
+            first_line = str(err).splitlines()[0]
+            raise UnsafeCheckpointError(
+                f"{path} (--ckpt_path) holds more than tensors and plain values (loading it could run code) or "
+                f"is not a torch checkpoint, refused: {first_line}") from err
         for key, value in kept.items():
             if value is not None:
                 self.config[f"{sub}.{key}"] = value

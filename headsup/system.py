@@ -13,8 +13,6 @@ weights come back from the backbone source when the model is built.
 
 from __future__ import annotations
 
-import contextlib
-
 import warnings
 from typing import Any
 
@@ -142,7 +140,8 @@ class SRSystem(L.LightningModule):
         seed = torch.initial_seed() % 2**31 + 1000 * self.global_rank
         for i, objective in enumerate(self.objectives.values()):
             objective.seed(seed + i)
-        self.generator.seed(seed + len(self.objectives))
+        if hasattr(self.generator, "seed"):  # the blending baseline, evaluation-only, has no randomness
+            self.generator.seed(seed + len(self.objectives))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         optimizers = self.optimizers()
@@ -166,8 +165,8 @@ class SRSystem(L.LightningModule):
                 opt.zero_grad(set_to_none=True)
         bs = batch["lq"].shape[0]
         if self._all_ranks_finite(total) and not self._accumulated_bad:
-            with self._helpers_grad_kept(aux_opts.values()), self._sync(last):
-                self.manual_backward(total / self.accumulate)
+            # helpers the generator loss runs through (a discriminator) are frozen inside it
+            self.manual_backward(total / self.accumulate)
             self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=bs)
             self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
         else:
@@ -183,11 +182,14 @@ class SRSystem(L.LightningModule):
                 rank_zero_warn(f"step {step}: {name}'s own loss is not finite; its update is skipped")
                 self._bad_aux.add(name)
                 continue
-            with self._sync(last):
-                self.manual_backward(aux / self.accumulate)
+            self.manual_backward(aux / self.accumulate)
             self.log(f"train/{name}_aux", aux.detach(), batch_size=bs)
         if last:
             self._update(gen_opt, aux_opts, losses, step)
+        # running values on every batch, so that any `log_every_n_steps` sees them
+        self.log("train/lr", gen_opt.param_groups[0]["lr"], batch_size=bs)
+        self.log("train/generator_updates", float(self.generator_updates), batch_size=bs)
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=bs)
         return total.detach()
 
     def _update(self, gen_opt, aux_opts: dict, losses: dict, step: int) -> None:
@@ -216,29 +218,6 @@ class SRSystem(L.LightningModule):
         if scheduler is not None:
             scheduler.step()
         self.generator_updates += 1
-        self.log("train/lr", gen_opt.param_groups[0]["lr"], batch_size=1)
-        self.log("train/generator_updates", float(step + 1), batch_size=1)
-
-    @contextlib.contextmanager
-    def _helpers_grad_kept(self, aux_opts):
-        """The generator's backward also reaches helpers its loss runs through (a discriminator):
-        keep their accumulated gradients as they were, which only their own losses build."""
-        params = [p for opt in aux_opts for g in opt.param_groups for p in g["params"]]
-        kept = [p.grad for p in params]
-        for p in params:
-            p.grad = None
-        try:
-            yield
-        finally:
-            for p, grad in zip(params, kept):
-                p.grad = grad
-
-    def _sync(self, last: bool):
-        """DDP synchronises gradients on the last micro-batch of an update only."""
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        if last or not hasattr(strategy, "block_backward_sync"):
-            return contextlib.nullcontext()
-        return strategy.block_backward_sync()
 
     def _all_ranks_finite(self, *tensors: torch.Tensor) -> bool:
         """Whether every tensor is finite on every rank (one decision for all, so DDP ranks skip together)."""
@@ -257,7 +236,6 @@ class SRSystem(L.LightningModule):
         self._bad_steps += 1
         self.skipped_steps += 1
         terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
         if self._bad_steps >= self.max_bad_steps:
             raise FloatingPointError(
                 f"{self._bad_steps} generator updates in a row had a non-finite loss or gradient (last, at "

@@ -23,7 +23,8 @@ def basicsr_reference():
     if importlib.util.find_spec("basicsr") is None:  # not importorskip: basicsr's import fails before the shim
         (pytest.fail if os.environ.get("CI") else pytest.skip)("basicsr 1.4.2 is not installed (make install adds it; "
                     "pip install --no-deps --no-build-isolation basicsr==1.4.2)")
-    spec = importlib.util.spec_from_file_location("realesrgan_reference", ROOT / "benchmarks" / "realesrgan_reference.py")
+    path = ROOT / "benchmarks" / "realesrgan_reference.py"
+    spec = importlib.util.spec_from_file_location("realesrgan_reference", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -76,7 +76,7 @@ def test_full_objective_trains_every_part_with_its_own_loss(tmp_path, samples_di
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["weight_decay"] == 1e-2
 
     logged = {k.removeprefix("train/") for k in cli.trainer.logged_metrics if k.startswith("train/")}
-    assert logged == TERMS | {"loss", "lr", "generator_updates"}
+    assert logged == TERMS | {"loss", "lr", "generator_updates", "skipped_steps"}
     assert cli.trainer.global_step == 3 and int(model.generator_updates) == 3  # generator updates, not all steps
 
     changed = _changed(before, after, lambda k: True)

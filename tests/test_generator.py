@@ -34,7 +34,8 @@ def test_gradients_reach_lora_and_conv_in_only(generator):
     assert with_grad, "no gradient reached any parameter"
     assert with_grad <= trainable
     assert all("lora_" in n or n.startswith("unet.conv_in.") for n in trainable)
-    assert {"unet.conv_in.base_layer.weight", "unet.conv_in.base_layer.bias"} <= trainable  # LoRA-wrapped, fully trained
+    # conv_in: LoRA-wrapped (OSEDiff's targets) and fully trained
+    assert {"unet.conv_in.base_layer.weight", "unet.conv_in.base_layer.bias"} <= trainable
     assert any(n.startswith("vae.encoder.") and "lora_" in n for n in trainable)
     assert not any(n.startswith(("vae.decoder.", "vae.post_quant_conv.")) for n in trainable)
     assert not generator.vae.decoder.training

@@ -17,9 +17,9 @@ from headsup.cli import build_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "configs" / "experiments"
-OSEDIFF_NEG_PROMPT = ("painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, unreal "
-                      "engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, signature, jpeg "
-                      "artifacts, deformed, lowres, over-smooth")
+OSEDIFF_NEG_PROMPT = ("painting, oil painting, illustration, drawing, art, sketch, cartoon, CG Style, 3D render, "
+                      "unreal engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, "
+                      "signature, jpeg artifacts, deformed, lowres, over-smooth")
 GEN, VSD = "model.generator.init_args", "model.objectives.vsd.init_args"
 OSEDIFF = {
     "seed_everything": 123,

@@ -63,10 +63,14 @@ class TrainableEMA(L.Callback):
         if self.shadow is None:
             self.shadow = {n: p.detach().clone() for n, p in self._params(pl_module).items()}
         self.shadow = {n: t.to(pl_module.device) for n, t in self.shadow.items()}
+        self._last_update = int(pl_module.generator_updates)
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = int(pl_module.generator_updates)
+        if step == getattr(self, "_last_update", None):
+            return  # no generator update in this batch (accumulating, or a skipped non-finite update)
+        self._last_update = step
         decay = self.decay if step > self.start_step else 0.0
         for name, param in self._params(pl_module).items():
             self.shadow[name].lerp_(param.detach(), 1 - decay)

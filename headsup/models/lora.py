@@ -88,7 +88,8 @@ def resolve_targets(model: nn.Module, targets: list[str] | str, prefix: str = ""
             if name.startswith(prefix) and isinstance(module, (nn.Linear, nn.Conv2d)) and keep(name)]
 
 
-def add_lora(model: nn.Module, spec: LoRASpec, adapter_name: str = "default", default: str = "osediff_unet") -> list[str]:
+def add_lora(model: nn.Module, spec: LoRASpec, adapter_name: str = "default",
+             default: str = "osediff_unet") -> list[str]:
     """Inject a peft LoRA adapter into a diffusers model; returns the adapted module names.
     `default`: the preset used when `spec.targets` is None.
 
