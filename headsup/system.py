@@ -370,12 +370,21 @@ class SRSystem(L.LightningModule):
             )
 
     def on_validation_epoch_end(self) -> None:
+        self._unmerge()
         self._finish("val")
+
+    def _unmerge(self) -> None:
+        """Take merged LoRA updates back out of the base weights before a checkpoint is saved or the
+        EMA swaps weights back (conv_in's base weight is LoRA-wrapped and trained: a merged copy
+        would be saved with the update folded in, and applied twice on loading)."""
+        if getattr(self.generator, "_merged", False):
+            self.generator.set_lora_merged(False)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         return self._evaluate("test", batch, batch_idx, dataloader_idx)
 
     def on_test_epoch_end(self) -> None:
+        self._unmerge()
         self.test_results = self._finish("test")
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:

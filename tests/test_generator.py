@@ -278,3 +278,25 @@ def test_unet_attention_runs_through_scaled_dot_product_attention(generator, mon
     with torch.no_grad():
         generator(torch.rand(1, 3, 16, 16))
     assert len(calls) == len(processors)  # every attention layer went through it
+
+
+def test_validation_end_takes_merged_lora_out_before_checkpoints_and_ema():
+    """With merge_lora, validation folds the LoRA into the base weights; by the end of validation
+    (before ModelCheckpoint and the EMA act) the trained tensors are the unmerged ones again."""
+    from headsup.system import SRSystem
+
+    torch.manual_seed(0)
+    system = SRSystem(OneStepSR(TinySD(), merge_lora=True))
+    with torch.no_grad():
+        for name, p in system.generator.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)  # a trained-looking adapter, so merging changes the base weights
+    trained = {k: v.clone() for k, v in system.generator.state_dict().items()}
+    system.eval()
+    with torch.no_grad():
+        system.generator(torch.rand(1, 3, 16, 16))
+    assert system.generator._merged
+    assert not torch.equal(system.generator.unet.conv_in.base_layer.weight, trained["unet.conv_in.base_layer.weight"])
+    system.on_validation_epoch_end()
+    for key, value in system.generator.state_dict().items():
+        assert torch.allclose(value, trained[key], atol=1e-6), key
