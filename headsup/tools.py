@@ -156,9 +156,9 @@ def _cmd_prepare_references(args: argparse.Namespace) -> int:
         if args.weights is None:
             raise ValueError("give --weights (InceptionResnetV1 state dict) or --from-folders")
         net = IdentityNet(args.weights).to(args.device or "cpu")
-        identities = curation.cluster_identities(curation.face_embeddings(records, manifest.parent, net),
-                                                 args.threshold)
-    pairs = curation.reference_pairs(identities)
+        embeddings = curation.face_embeddings(records, manifest.parent, net)
+        identities = curation.cluster_identities(embeddings, args.threshold)
+    pairs = curation.reference_pairs(identities, None if args.from_folders else embeddings, args.threshold)
     write_manifest(out, [{"path": p, "identity": identities[p], "references": pairs[p]} for p in sorted(identities)])
     with_refs = sum(1 for p in pairs.values() if p)
     print(f"{out}: {len(identities)} images, {len(set(identities.values()))} identities, "

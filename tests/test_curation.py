@@ -83,6 +83,22 @@ def test_clustering_links_faces_at_the_cosine_threshold():
     assert pairs["a1"] == ["a2"] and pairs["a2"] == ["a1"] and pairs["b1"] == []
 
 
+def test_reference_pairs_hold_the_threshold_pair_by_pair_along_a_chain():
+    """a~b and b~c link one identity, but a and c (cosine 0.30) are not each other's reference."""
+    import math
+
+    def unit(angle):
+        return torch.tensor([math.cos(angle), math.sin(angle), 0.0])
+
+    step = math.acos(0.7)  # neighbours at cosine 0.7; a and c at cos(2 step) = 0.3
+    emb = {"a": unit(0.0), "b": unit(step), "c": unit(2 * step)}
+    ids = C.cluster_identities(emb, threshold=0.65)
+    assert len(set(ids.values())) == 1  # one chain-linked identity
+    pairs = C.reference_pairs(ids, emb, threshold=0.65)
+    assert pairs == {"a": ["b"], "b": ["a", "c"], "c": ["b"]}
+    assert C.reference_pairs(ids)["a"] == ["b", "c"]  # folder identities (no embeddings): the whole group
+
+
 def test_identity_net_from_a_local_state_dict(tmp_path, facenet_file):
     from skimage.data import astronaut
 

@@ -171,12 +171,19 @@ def cluster_identities(embeddings: dict[str, torch.Tensor], threshold: float = 0
     return {p: f"id:{paths[find(i)]}" for i, p in enumerate(paths)}
 
 
-def reference_pairs(identities: dict[str, str]) -> dict[str, list[str]]:
-    """For every image, the other images of its identity (never itself; sorted)."""
+def reference_pairs(identities: dict[str, str], embeddings: dict[str, torch.Tensor] | None = None,
+                    threshold: float = 0.65) -> dict[str, list[str]]:
+    """For every image, the other images of its identity (never itself; sorted). With the faces'
+    unit `embeddings`, only those whose own cosine similarity with it is at least `threshold`:
+    identities are linked in chains (a~b, b~c), so a and c may be less alike than any linked pair."""
     groups: dict[str, list[str]] = {}
     for path, ident in identities.items():
         groups.setdefault(ident, []).append(path)
-    return {p: sorted(q for q in groups[identities[p]] if q != p) for p in identities}
+
+    def alike(p: str, q: str) -> bool:
+        return embeddings is None or float(embeddings[p] @ embeddings[q]) >= threshold
+
+    return {p: sorted(q for q in groups[identities[p]] if q != p and alike(p, q)) for p in identities}
 
 
 def split_by_identity(identities: dict[str, str], test_fraction: float = 0.1, seed: int = 0) -> dict[str, str]:
