@@ -268,6 +268,8 @@ def _add_enhance(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--workers", type=int, default=2, help="image-decoding worker processes")
     p.add_argument("--tiling", choices=["auto", "always", "never"], default=None)
+    p.add_argument("--upsample", choices=["bicubic", "pil_bicubic"], default=None,
+                   help="LQ upsampling before the model (pil_bicubic: as OSEDiff's test script)")
     p.add_argument("--tile-size", dest="tile_size", type=int, default=None, help="tile side in latent pixels")
     p.add_argument("--tile-overlap", dest="tile_overlap", type=int, default=None)
     p.add_argument("--tile-batch", dest="tile_batch", type=int, default=None)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headsup.degradations.resample import pil_bicubic_resize
 from headsup.models.backbone import BackboneSource
 from headsup.models.lora import LoRASpec, add_lora, resolve_targets
 from headsup.models.norm import use_split_group_norm
@@ -50,7 +51,7 @@ CUDA_BUDGET_SHARE = 0.6
 # `headsup-tools enhance` take them from the command line; a recorded CUDA graph is keyed on them.
 INFERENCE_OPTIONS = ("tiling", "tile_size", "tile_overlap", "tile_batch", "norm_passes", "memory_budget_gb",
                      "merge_lora", "lora_scale", "reference_strength", "channels_last", "compile", "cuda_graphs",
-                     "split_group_norm")
+                     "split_group_norm", "upsample")
 
 
 def _available_ram() -> float:
@@ -91,6 +92,9 @@ class OneStepSR(nn.Module):
             targets); targets that reach the decoder or `post_quant_conv` are refused.
         train_conv_in: Make the UNet's input convolution fully trainable (as OSEDiff does).
         sample_latent: Sample from the encoder's posterior in training instead of taking its mean.
+        upsample: How LQ is brought to the output size before the VAE: "bicubic" (torch's, a = -0.75)
+            or "pil_bicubic" (Pillow's bicubic on 8-bit values, a = -0.5, as OSEDiff's test script
+            upsamples; `headsup.degradations.resample`).
         reference: Condition on a reference face and the face mask (conv_in widened, zero-initialised).
         reference_dropout: Probability of dropping the reference of a training sample.
         tiling: At inference: "auto" tiles a stage (VAE encoder, UNet, VAE decoder) whose
@@ -132,6 +136,7 @@ class OneStepSR(nn.Module):
         vae_lora: LoRASpec | None = None,
         train_conv_in: bool = True,
         sample_latent: bool = False,
+        upsample: str = "bicubic",
         reference: bool = False,
         reference_dropout: float = 0.2,
         tiling: str = "auto",
@@ -155,6 +160,9 @@ class OneStepSR(nn.Module):
         self.timestep = timestep
         self.prediction_type = parts.prediction_type
         self.sample_latent = sample_latent
+        if upsample not in ("bicubic", "pil_bicubic"):
+            raise ValueError(f"upsample must be 'bicubic' or 'pil_bicubic', got '{upsample}'")
+        self.upsample = upsample
         self.vae = parts.vae
         self.unet = parts.unet
         self.scaling_factor = float(self.vae.config.scaling_factor)
@@ -257,9 +265,18 @@ class OneStepSR(nn.Module):
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         return x, h, w
 
+    def upsampled(self, lq: torch.Tensor) -> torch.Tensor:
+        """LQ in [0, 1] brought to the output size (`upsample`)."""
+        if self.scale == 1:
+            return lq
+        if self.upsample == "pil_bicubic":
+            size = (round(lq.shape[-2] * self.scale), round(lq.shape[-1] * self.scale))
+            return pil_bicubic_resize(lq.clamp(0, 1), size, eight_bit=True)
+        return F.interpolate(lq, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
     def encode(self, lq: torch.Tensor) -> torch.Tensor:
-        """Bicubic-upsample LQ in [0, 1] and encode it to a scaled latent (input padded to the grid)."""
-        up = F.interpolate(lq, scale_factor=self.scale, mode="bicubic", align_corners=False) if self.scale != 1 else lq
+        """Upsample LQ in [0, 1] and encode it to a scaled latent (input padded to the grid)."""
+        up = self.upsampled(lq)
         up, _, _ = self._pad(up.clamp(0, 1) * 2 - 1)
         if self.training and self.sample_latent:
             return self.vae.encode(up).latent_dist.sample() * self.scaling_factor
