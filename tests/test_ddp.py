@@ -14,10 +14,13 @@ from tests.conftest import ROOT, make_config
 pytestmark = pytest.mark.slow
 
 
-def test_two_process_cpu_ddp_fit(tmp_path, samples_dir, tiny_sd_dir):
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_two_process_cpu_ddp_fit(tmp_path, samples_dir, tiny_sd_dir, accumulate):
+    """Plain DDP, also with gradient accumulation (every micro-batch synchronises its gradients)."""
     config = make_config(tmp_path, samples_dir, tiny_sd_dir, max_steps=4, val_check_interval=2)
     cmd = [sys.executable, "-m", "headsup.cli", "fit", "--config", str(config), "--data.crop_size", "16",
-           "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+           "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+           "--model.accumulate", str(accumulate)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
