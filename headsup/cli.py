@@ -63,7 +63,7 @@ class HeadsupCLI(LightningCLI):
             raise FileNotFoundError(f"{cause} (set by {', '.join(keys)})") from err
 
     # Inference-time choices of a run, not properties of the trained model.
-    RUN_KEYS = ("model.metrics", *(f"model.generator.init_args.{k}" for k in INFERENCE_OPTIONS))
+    RUN_KEYS = ("model.metrics", "model.eval_color_fix", *(f"model.generator.init_args.{k}" for k in INFERENCE_OPTIONS))
 
     def _parse_ckpt_path(self) -> None:
         # With --ckpt_path, Lightning replaces the model section by the checkpoint's; evaluation

@@ -28,6 +28,7 @@ from torchmetrics import Metric, MetricCollection
 from torchvision.utils import make_grid
 
 from headsup.callbacks.ema import averaged_weights
+from headsup.inference.colorfix import color_fix
 from headsup.metrics.full_reference import PSNR, SSIM, ImageCount
 from headsup.metrics.extra import ExtraMetric
 from headsup.metrics.seam import SeamScore
@@ -58,6 +59,9 @@ class SRSystem(L.LightningModule):
         metrics: Evaluation metrics besides PSNR/SSIM (Y and RGB) and the seam score, by result
             name, e.g. {"lpips": LPIPSMetric, "musiq": PyiqaMetric, "deg": IdentityCosine}; those
             whose weights are missing are reported as unavailable.
+        eval_color_fix: Colour correction of SR towards the LQ before validation/test metrics and saved
+            test images: "adain" (OSEDiff's test protocol, the default), "wavelet" or "none";
+            recorded in results.json. The bicubic row is never corrected.
         accumulate: Batches whose gradients make one update (of the generator and of each helper),
             each loss divided by it: `data.batch_size` x `accumulate` x GPUs samples per update (OSEDiff:
             16). `trainer.max_steps` and checkpoint intervals count updates; `val_check_interval`
@@ -79,6 +83,7 @@ class SRSystem(L.LightningModule):
         metrics: dict[str, ExtraMetric] | None = None,
         max_bad_steps: int = 10,
         accumulate: int = 1,
+        eval_color_fix: str = "adain",
     ) -> None:
         super().__init__()
         # Under the CLI the hyperparameters are the parsed config (class paths and init args);
@@ -107,6 +112,9 @@ class SRSystem(L.LightningModule):
         if accumulate < 1:
             raise ValueError(f"model.accumulate must be at least 1, got {accumulate}")
         self.accumulate = accumulate
+        if eval_color_fix not in ("adain", "wavelet", "none"):
+            raise ValueError(f"model.eval_color_fix must be adain, wavelet or none, got '{eval_color_fix}'")
+        self.eval_color_fix = eval_color_fix
         self._micro = 0  # batches of the current update done so far
         self._accumulated_bad = False  # a non-finite generator loss in the current update
         self._bad_aux: set[str] = set()  # helpers with a non-finite loss in the current update
@@ -280,6 +288,7 @@ class SRSystem(L.LightningModule):
             "metrics": {n: (type(m).__name__ + (f"({m.metric_name})" if hasattr(m, "metric_name") else ""))
                         for n, m in self.eval_metrics.items()},
             "unavailable": {n: m.unavailable for n, m in self.eval_metrics.items() if m.unavailable},
+            "color_fix": self.eval_color_fix,
             "seam": "band 2% of the aligned face square around its border (5% margin), vs rings 2-6%",
             **({"fid_reference": "each set's own HQ images (as many as its 'images')"}
                if any(type(m).__name__ == "FIDMetric" for m in self.eval_metrics.values()) else {}),
@@ -302,6 +311,7 @@ class SRSystem(L.LightningModule):
         name = self._set_name(stage, dataloader_idx)
         scale = self.generator.scale
         sr = self.generator(batch["lq"], **self._conditioning(batch)).float()
+        sr = color_fix(sr, batch["lq"].float(), self.eval_color_fix)
         bicubic = self._bicubic(batch["lq"].float())
         hq = batch["hq"].float() if "hq" in batch else None
         for metric_name, metric in self.eval_metrics.items():

@@ -44,6 +44,7 @@ def test_test_reproduces_metrics_and_writes_results(trained):
         assert main(["test", "--config", str(config), "--ckpt_path", ckpt] + data) == 0
         runs.append(json.loads((tmp / "run" / "results.json").read_text()))
     assert runs[0]["sets"] == runs[1]["sets"]
+    assert runs[0]["settings"]["color_fix"] == "adain"  # OSEDiff's test protocol, recorded
     sets = runs[0]["sets"]
     assert set(sets) == {"portrait", "general"}
     for r in sets.values():
@@ -415,3 +416,23 @@ def test_ckpt_path_takes_the_model_section_from_the_checkpoint(trained, tmp_path
     saved = yaml.safe_load((run / "config_test.yaml").read_text())
     assert saved["model"]["generator"]["init_args"]["unet_lora"]["rank"] == 8  # the checkpoint's (quickstart) rank
     assert set(json.loads((run / "results.json").read_text())["sets"]) == {"portrait"}  # this config's data
+
+
+def test_eval_color_fix_corrects_sr_before_the_metrics_not_bicubic(trained, tmp_path):
+    """model.eval_color_fix (adain by default, OSEDiff's protocol) applies to SR only, with --ckpt_path too."""
+    tmp, config, data = trained
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    sets = {}
+    for method in ("adain", "none"):
+        cfg = yaml.safe_load(config.read_text())
+        cfg["trainer"]["default_root_dir"] = str(tmp_path / method)
+        cfg["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path), name=method)
+        path = tmp_path / f"{method}.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        assert main(["test", "--config", str(path), "--ckpt_path", ckpt, "--model.eval_color_fix", method,
+                     "--results.save_images", "false"] + data) == 0
+        out = json.loads((tmp_path / method / "results.json").read_text())
+        assert out["settings"]["color_fix"] == method
+        sets[method] = out["sets"]["portrait"]
+    assert sets["adain"]["bicubic"] == sets["none"]["bicubic"]
+    assert sets["adain"]["headsup"]["psnr_rgb"] != sets["none"]["headsup"]["psnr_rgb"]

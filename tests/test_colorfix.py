@@ -76,3 +76,20 @@ def test_wavelet_split_is_exact_and_fix_removes_the_cast_keeping_detail(pair):
     assert torch.equal(color_fix(shifted, lq, "none"), shifted)
     with pytest.raises(ValueError, match="colour fix"):
         color_fix(shifted, lq, "histogram")
+
+
+def test_color_fix_aligns_to_the_upsampled_input_as_osediff():
+    """OSEDiff's test script takes AdaIN statistics from the bicubic-upsampled input, not the LQ itself."""
+    from PIL import Image
+
+    hq = astronaut()[:256, :256]
+    lq_img = Image.fromarray(hq).resize((64, 64), Image.BICUBIC)
+    up = np.asarray(lq_img.resize((256, 256), Image.BICUBIC), dtype=np.float64).reshape(-1, 3).T / 255  # Pillow's
+    lq = torch.from_numpy(np.array(lq_img)).permute(2, 0, 1)[None].float() / 255
+    sr = 0.25 + 0.5 * torch.from_numpy(hq).permute(2, 0, 1)[None].float() / 255
+    out = color_fix(sr, lq, "adain")[0].numpy().reshape(3, -1).astype(np.float64)
+    small = lq[0].numpy().reshape(3, -1).astype(np.float64)
+    lq_gap = np.abs(small.std(1) - up.std(1))  # upsampling smooths: about 0.5% less spread than the LQ's
+    assert lq_gap.min() > 1e-3
+    assert (np.abs(out.std(1) - up.std(1)) < 0.1 * lq_gap).all()
+    np.testing.assert_allclose(out.mean(1), up.mean(1), atol=1e-3)

@@ -48,6 +48,7 @@ OSEDIFF = {
     "model.optimizer.init_args.weight_decay": 0.01,
     "model.lr_scheduler": None,                 # "constant"
     "model.grad_clip": 1.0,                     # max_grad_norm
+    "model.eval_color_fix": "adain",            # test_osediff.py --align_method
     "model.accumulate": 1,                      # --gradient_accumulation_steps=1 in the script
     "trainer.max_steps": 100000,
     "data.batch_size": 4,                       # per GPU (4 GPUs in train_osediff.sh)

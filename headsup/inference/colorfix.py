@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from headsup.degradations.resample import pil_bicubic_resize
+
 
 def adain(sr: torch.Tensor, reference: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Match each channel's mean/std of `sr` (B, 3, H, W) to `reference` (B, 3, h, w, any size)."""
@@ -50,9 +52,16 @@ def wavelet(sr: torch.Tensor, reference: torch.Tensor, levels: int = 5) -> torch
 
 
 def color_fix(sr: torch.Tensor, lq: torch.Tensor, method: str = "wavelet") -> torch.Tensor:
-    """Apply `method` ("wavelet", "adain" or "none") with the LQ input as the colour reference."""
+    """Apply `method` ("wavelet", "adain" or "none") with the LQ input as the colour reference.
+
+    The reference is the LQ upsampled to the SR's size with Pillow's bicubic (clamped to [0, 1]),
+    as OSEDiff's test script aligns to its PIL-upsampled input: upsampling smooths, so its
+    standard deviation is a little below the LQ's own.
+    """
     if method == "none":
         return sr
+    if lq.shape[-2:] != sr.shape[-2:]:
+        lq = pil_bicubic_resize(lq, tuple(sr.shape[-2:])).clamp(0, 1)
     if method == "adain":
         return adain(sr, lq)
     if method == "wavelet":
