@@ -106,14 +106,21 @@ def test_identity_net_from_a_local_state_dict(tmp_path, facenet_file):
     from PIL import Image
 
     Image.fromarray(astronaut()).save(tmp_path / "a.png")
-    rec = {"path": "a.png", "faces": [{"landmarks": [[205.0, 101.7], [246.8, 103.7], [224.7, 129.0],
+    rec = {"path": "a.png", "faces": [{"box": [181.05, 62.16, 267.75, 172.05],  # MTCNN's, as prepare faces writes
+                                       "landmarks": [[205.0, 101.7], [246.8, 103.7], [224.7, 129.0],
                                                      [201.7, 139.2], [245.3, 141.9]]}]}
     emb = C.face_embeddings([rec, {"path": "none.png", "faces": []}], tmp_path, net)
     assert list(emb) == ["a.png"] and emb["a.png"].shape == (512,)
     assert torch.linalg.norm(emb["a.png"]) == pytest.approx(1.0, abs=1e-5)
     image = torch.from_numpy(astronaut()).permute(2, 0, 1).float()[None] / 255
-    direct = net(image, torch.tensor(rec["faces"][0]["landmarks"])[None])[0]
-    assert torch.allclose(emb["a.png"], direct, atol=1e-5)  # the same alignment and embedding as the loss uses
+    face = rec["faces"][0]
+    direct = net(image, torch.tensor(face["landmarks"])[None], torch.tensor(face["box"])[None])[0]
+    assert torch.allclose(emb["a.png"], direct, atol=1e-5)  # the same crop and embedding as the loss uses
+    seen = []
+    crops = net.crops
+    net.crops = lambda images, landmarks, boxes=None: seen.append(boxes) or crops(images, landmarks, boxes)
+    C.face_embeddings([rec], tmp_path, net)
+    assert seen[0].tolist() == [pytest.approx(face["box"])]  # the manifest's MTCNN box is used
     with pytest.raises(FileNotFoundError, match="face-recognition weights.*missing.pt"):
         load_identity_net(tmp_path / "missing.pt")
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pt")

@@ -103,5 +103,10 @@ def test_identity_loss_is_zero_for_the_same_face_and_trains_only_the_generator(h
     assert all(p.grad is None for p in loss.identity.parameters())
     empty = loss.generator_loss(StepContext(lq=hq, hq=hq, sr=other, batch=_batch(faces=False)))
     assert float(empty) == 0.0
+    seen = []  # SR and HQ are cut out at the batch's MTCNN boxes (facenet's crop), not boxes guessed from landmarks
+    crops = loss.identity.crops
+    loss.identity.crops = lambda images, landmarks, boxes=None: seen.append(boxes) or crops(images, landmarks, boxes)
+    loss.generator_loss(StepContext(lq=hq, hq=hq, sr=other, batch=_batch()))
+    assert len(seen) == 2 and all(torch.equal(b, BOX[None].repeat(2, 1)) for b in seen)
     with pytest.raises(FileNotFoundError, match="face-recognition weights.*/nonexistent/facenet.pt"):
         IdentityNet("/nonexistent/facenet.pt")

@@ -109,7 +109,8 @@ LANDMARKS = [[205.01, 101.73], [246.76, 103.71], [224.67, 128.96], [201.72, 139.
 def face():
     """The astronaut photo with its MTCNN face landmarks, as a one-face batch."""
     hq = torch.from_numpy(astronaut()).permute(2, 0, 1).float()[None] / 255
-    batch = {"face_valid": torch.ones(1, 1, dtype=torch.bool), "face_landmarks": torch.tensor([[LANDMARKS]])}
+    batch = {"face_valid": torch.ones(1, 1, dtype=torch.bool), "face_landmarks": torch.tensor([[LANDMARKS]]),
+             "face_boxes": torch.tensor([[[181.05, 62.16, 267.75, 172.05]]])}  # MTCNN's
     return hq, batch
 
 
@@ -133,6 +134,12 @@ def test_identity_cosine_is_one_for_the_same_face(face, facenet_file):
     noisy = (hq + 0.2 * torch.randn(hq.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     other = float(deg.scores(noisy, hq, batch)[0])
     assert -1 <= other < same - 1e-6  # random weights: embeddings of any two faces are close, yet not equal
+    seen = []  # faces are cut out at the batch's MTCNN boxes (facenet's crop)
+    crops = deg.net.crops
+    deg.net.crops = lambda images, landmarks, boxes=None: seen.append(boxes) or crops(images, landmarks, boxes)
+    deg.scores(noisy, hq, batch)
+    valid = batch["face_valid"]
+    assert len(seen) == 2 and all(torch.equal(b, batch["face_boxes"][valid]) for b in seen)
 
 
 def _niqe_features(rgb: torch.Tensor) -> torch.Tensor:

@@ -14,11 +14,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from headsup.data.faces import align_faces
-from headsup.models.identity import IdentityNet
+if TYPE_CHECKING:  # the net is passed in by the tools layer; data does not import models
+    from headsup.models.identity import IdentityNet
 
 
 @dataclass
@@ -127,7 +128,7 @@ def folder_identities(records: list[dict]) -> dict[str, str]:
 @torch.no_grad()
 def face_embeddings(records: list[dict], root: str | os.PathLike, net: IdentityNet,
                     batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """Unit-norm embedding of the largest face of each record with a face (aligned at `net.size`)."""
+    """Unit-norm embedding of the largest face of each record with a face (cut out as `net` does)."""
     from headsup.data.io import read_image
 
     device = next(net.parameters()).device
@@ -138,8 +139,10 @@ def face_embeddings(records: list[dict], root: str | os.PathLike, net: IdentityN
         crops = []
         for r in chunk:
             image = read_image(Path(root) / r["path"]).rgb[None]
-            landmarks = torch.tensor(r["faces"][0]["landmarks"], dtype=torch.float32)[None]
-            crops.append(align_faces(image, landmarks, net.size)[0])
+            face = r["faces"][0]
+            landmarks = torch.tensor(face["landmarks"], dtype=torch.float32)[None]
+            box = torch.tensor(face["box"], dtype=torch.float32)[None] if face.get("box") else None
+            crops.append(net.crops(image, landmarks, box)[0])
         emb = net.embed_aligned(torch.stack(crops).to(device)).cpu()
         out.update({r["path"]: e for r, e in zip(chunk, emb)})
     return out

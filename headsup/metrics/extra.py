@@ -138,25 +138,27 @@ class IdentityCosine(ExtraMetric):
 
     Args:
         weights: Local InceptionResnetV1 state dict (facenet-pytorch).
+        alignment: How faces are cut out for the net ("facenet" or "ffhq"; `IdentityNet`).
     """
 
     needs_faces = True
 
-    def __init__(self, weights: str | None = None) -> None:
+    def __init__(self, weights: str | None = None, alignment: str = "facenet") -> None:
         super().__init__()
         self.unavailable = _missing(weights, "deg (InceptionResnetV1)")
         self.net = None
         if self.unavailable is None:
             from headsup.models.identity import IdentityNet
 
-            self.net = IdentityNet(weights)
+            self.net = IdentityNet(weights, alignment=alignment)
 
     def scores(self, sr, hq, batch):
         b_idx, f_idx = batch["face_valid"].nonzero(as_tuple=True)
         if b_idx.numel() == 0:
             return sr.new_zeros(0)
         landmarks = batch["face_landmarks"][b_idx, f_idx]
-        return (self.net(sr[b_idx], landmarks) * self.net(hq[b_idx], landmarks)).sum(1)
+        boxes = batch["face_boxes"][b_idx, f_idx] if "face_boxes" in batch else None
+        return (self.net(sr[b_idx], landmarks, boxes) * self.net(hq[b_idx], landmarks, boxes)).sum(1)
 
 
 class LandmarkDistance(ExtraMetric):
@@ -205,7 +207,8 @@ class ReferenceIdentityCosine(IdentityCosine):
             return sr.new_zeros(0)
         ref = batch["reference"][idx]
         ref_points = template(ref.shape[-1], ref.device)[None].expand(len(idx), -1, -1)
-        return (self.net(sr[idx], batch["face_landmarks"][idx, 0]) * self.net(ref, ref_points)).sum(1)
+        boxes = batch["face_boxes"][idx, 0] if "face_boxes" in batch else None
+        return (self.net(sr[idx], batch["face_landmarks"][idx, 0], boxes) * self.net(ref, ref_points)).sum(1)
 
 
 class FIDMetric(ExtraMetric):

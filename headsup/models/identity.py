@@ -1,7 +1,12 @@
 """Frozen face-recognition network: facenet-pytorch's InceptionResnetV1 from a local weights file.
 
-Used for the identity loss (embeddings of SR and HQ faces aligned to the FFHQ 5-point template
-at 160 px, facenet's input size) and for grouping photos by person in `prepare references`.
+Used for the identity loss, the identity metrics and grouping photos by person in `prepare
+references`. Faces are cut out the way facenet's nets were trained and evaluated (alignment
+"facenet", the default): the MTCNN box plus a 32 px margin at 160 px (davidsandberg/facenet's
+evaluation alignment, the margin applied in output pixels as facenet-pytorch's `extract_face`),
+resized to 160 x 160: the eyes about 62 px apart (astronaut, grace_hopper). The FFHQ 5-point
+template ("ffhq", a similarity warp at 160 px) is an option; it puts the eyes 39 px apart, the face
+at 0.63 of the scale the net was trained on, with hair and background around it.
 Nothing is downloaded: the weights (e.g. the VGGFace2 release) come from a local state dict.
 """
 
@@ -37,24 +42,38 @@ class IdentityNet(nn.Module):
 
     Args:
         weights: Local InceptionResnetV1 state dict (facenet-pytorch, e.g. VGGFace2).
-        size: Side of the aligned face crop fed to the network.
+        size: Side of the face crop fed to the network.
+        alignment: "facenet" (the detector's box plus `margin`, as the net was trained) or "ffhq"
+            (the FFHQ 5-point template, as earlier headsup versions).
+        margin: Margin around the box in output pixels, for "facenet" (32 at 160 px).
     """
 
-    def __init__(self, weights: str, size: int = 160) -> None:
+    def __init__(self, weights: str, size: int = 160, alignment: str = "facenet", margin: int = 32) -> None:
         super().__init__()
+        if alignment not in ("facenet", "ffhq"):
+            raise ValueError(f"identity alignment must be 'facenet' or 'ffhq', got '{alignment}'")
         self.net = load_identity_net(weights)
-        self.size = size
+        self.size, self.alignment, self.margin = size, alignment, margin
 
     def train(self, mode: bool = True) -> IdentityNet:
         super().train(mode)
         self.net.eval()  # batch-norm statistics stay frozen
         return self
 
-    def forward(self, images: torch.Tensor, landmarks: torch.Tensor) -> torch.Tensor:
-        """images: (N, 3, H, W) in [0, 1]; landmarks: (N, 5, 2) in their pixels -> (N, 512)."""
-        from headsup.data.faces import align_faces
+    def crops(self, images: torch.Tensor, landmarks: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """The faces as the net sees them (N, 3, size, size). images: (N, 3, H, W) in [0, 1];
+        landmarks: (N, 5, 2) and boxes: (N, 4) MTCNN's, in the images' pixels. Without boxes (aligned
+        faces, references) "facenet" takes the box MTCNN draws around such landmarks."""
+        from headsup.data.faces import align_faces, box_from_landmarks, facenet_crops
 
-        return self.embed_aligned(align_faces(images.float(), landmarks.float(), self.size))
+        if self.alignment == "ffhq":
+            return align_faces(images.float(), landmarks.float(), self.size)
+        boxes = box_from_landmarks(landmarks.float()) if boxes is None else boxes
+        return facenet_crops(images.float(), boxes, self.size, self.margin)
+
+    def forward(self, images: torch.Tensor, landmarks: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """Unit embeddings (N, 512) of the faces given by `landmarks` and `boxes` (see `crops`)."""
+        return self.embed_aligned(self.crops(images, landmarks, boxes))
 
     def embed_aligned(self, faces: torch.Tensor) -> torch.Tensor:
         """Faces already aligned at `size` (N, 3, size, size) in [0, 1] -> (N, 512) unit vectors."""

@@ -1,7 +1,8 @@
 """Identity loss: 1 - cosine similarity of face-recognition embeddings of SR and HQ faces.
 
-Each valid face of the batch (`face_landmarks`, `face_valid`) is aligned on the FFHQ 5-point
-template in SR and in HQ (a differentiable warp) and embedded by a frozen InceptionResnetV1;
+Each valid face of the batch (`face_boxes`, `face_landmarks`, `face_valid`) is cut out of SR and
+HQ the same way (differentiably; `IdentityNet.alignment`: facenet's box-and-margin crop by default)
+and embedded by a frozen InceptionResnetV1;
 the HQ embedding is a constant target. HeadsUp weights this term 4.0.
 """
 
@@ -32,7 +33,8 @@ class IdentityLoss(Objective):
             return ctx.sr.sum() * 0.0
         b_idx, f_idx = batch["face_valid"].nonzero(as_tuple=True)
         landmarks = batch["face_landmarks"][b_idx, f_idx]
-        e_sr = self.identity(ctx.sr[b_idx], landmarks)
+        boxes = batch["face_boxes"][b_idx, f_idx] if "face_boxes" in batch else None
+        e_sr = self.identity(ctx.sr[b_idx], landmarks, boxes)
         with torch.no_grad():
-            e_hq = self.identity(ctx.hq[b_idx], landmarks)
+            e_hq = self.identity(ctx.hq[b_idx], landmarks, boxes)
         return (1 - (e_sr * e_hq).sum(1)).mean()
