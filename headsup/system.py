@@ -253,16 +253,16 @@ class SRSystem(L.LightningModule):
         return torch.zeros((), device=self.device)
 
     def _conditioning(self, batch: dict) -> dict:
-        """Reference-conditioning inputs of a batch for a `reference=True` generator: the face
-        mask, and the reference of face slot 0 (the largest face, whose identity it shows); the
-        batch's faces for a model that uses them (the blending baseline)."""
+        """Conditioning inputs of a batch: its per-image prompts; for a `reference=True` generator
+        the face mask, and the reference of face slot 0 (the largest face, whose identity it shows);
+        the batch's faces for a model that uses them (the blending baseline)."""
         if getattr(self.generator, "uses_faces", False):
             if "face_landmarks" not in batch:
                 return {}
             return {"face_landmarks": batch["face_landmarks"], "face_valid": batch["face_valid"]}
+        cond = {"prompts": batch["prompt"]} if "prompt" in batch else {}
         if not getattr(self.generator, "reference", False):
-            return {}
-        cond = {}
+            return cond
         if "face_mask" in batch:
             cond["face_mask"] = batch["face_mask"]
         if "reference" in batch and "face_landmarks" in batch:

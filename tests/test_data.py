@@ -110,11 +110,14 @@ def test_pool_passes_batches_while_filling_then_swaps():
 
     pool = PairPool(8)
     gen = torch.Generator().manual_seed(0)
-    batches = [{"lq": torch.full((4, 1), float(i)), "hq": torch.full((4, 2), float(i)), "name": i} for i in range(4)]
+    batches = [{"lq": torch.full((4, 1), float(i)), "hq": torch.full((4, 2), float(i)), "name": i,
+                "prompt": [f"{i}.{k}" for k in range(4)]} for i in range(4)]
     assert pool(batches[0], gen) is batches[0] and pool(batches[1], gen) is batches[1]
     out = pool(batches[2], gen)
     assert out["name"] == 2 and set(out["lq"].flatten().tolist()) <= {0.0, 1.0}
     assert torch.equal(out["lq"][:, 0], out["hq"][:, 0])  # pairs stay pairs
+    assert [float(p.split(".")[0]) for p in out["prompt"]] == out["lq"][:, 0].tolist()  # prompts travel with them
+    assert len(set(out["prompt"])) == 4
     held = sorted(pool.store["lq"].flatten().tolist())
     assert held.count(2.0) == 4 and len(held) == 8  # the new batch went in, nothing was lost
     with pytest.raises(ValueError, match="multiple"):

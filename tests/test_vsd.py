@@ -20,8 +20,8 @@ def scores():
 
 def test_vsd_gradient_matches_the_closed_form(scores):
     vsd = VSDLoss(scores, t_min=20, t_max=980)
-    scores.real_eps = lambda z_t, t: 0.5 * z_t  # toy scores
-    scores.fake_eps = lambda z_t, t: 0.2 * z_t + 0.1
+    scores.real_eps = lambda z_t, t, positive=None: 0.5 * z_t  # toy scores
+    scores.fake_eps = lambda z_t, t, positive=None: 0.2 * z_t + 0.1
     z0 = torch.randn(3, 4, 8, 8, requires_grad=True)
     vsd.seed(7)
     loss = vsd.generator_loss(StepContext(lq=z0, hq=z0, sr=z0, latent=z0))

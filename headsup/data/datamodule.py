@@ -28,7 +28,10 @@ from headsup.degradations.pool import PairPool
 
 
 def collate(items: list[dict]) -> dict[str, Any]:
-    """Stack tensors of equal shape; keep everything else as lists."""
+    """Stack tensors of equal shape; keep everything else as lists. Where some items of a mixture
+    have a prompt, the others' is None (the model's own fixed prompt)."""
+    if any("prompt" in item for item in items):
+        items = [item if "prompt" in item else {**item, "prompt": None} for item in items]
     out: dict[str, Any] = {}
     for key in items[0]:
         values = [item[key] for item in items]

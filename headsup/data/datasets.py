@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from headsup.data import geometry
 from headsup.data.faces import align_faces, box_from_landmarks, template
 from headsup.data.io import IMAGE_EXTENSIONS, ImageReadError, list_images, read_image
+from headsup.data.prompts import prompt_source
 from headsup.data.specs import DatasetSpec
 
 
@@ -148,6 +149,18 @@ class ReferenceLoader:
         return {"reference": aligned, "has_reference": torch.tensor(True)}
 
 
+def read_prompts(spec: DatasetSpec, records: list[dict]) -> list[str] | None:
+    """Each record's prompt from the set's prompt source (read now, so a missing one fails here);
+    None when the set has no prompts."""
+    source = prompt_source(spec.prompts, spec.prompt, f"dataset '{spec.name}'")
+    if source is None:
+        return None
+    try:
+        return [source(r) for r in records]
+    except (FileNotFoundError, KeyError) as err:
+        raise type(err)(f"dataset '{spec.name}': {err.args[0]}") from None
+
+
 class RandomCropDataset(Dataset):
     """Random HQ crops with horizontal flips, for training, with faces when annotated.
 
@@ -195,6 +208,7 @@ class RandomCropDataset(Dataset):
         if not keep:
             raise ValueError(f"dataset '{spec.name}': no image is at least {crop_size}x{crop_size} px")
         self.records = keep
+        self.prompts = read_prompts(spec, keep)
 
     @property
     def files(self) -> list[Path]:
@@ -243,6 +257,8 @@ class RandomCropDataset(Dataset):
             crop = crop.flip(-1)
             boxes, landmarks = geometry.hflip(boxes, landmarks, s)
         item = {"hq": crop.contiguous(), **pad_faces(boxes, landmarks, valid, self.max_faces)}
+        if self.prompts is not None:
+            item["prompt"] = self.prompts[index % len(self.records)]
         if self.references is not None:
             refs = record.get("references") or []
             # the reference shows the person of the image's main face (index 0): only when that face
@@ -282,6 +298,7 @@ class EvalDataset(Dataset):
         self.references = ReferenceLoader(reference_size) if reference_size else None
         self.records = load_records(spec)
         self.files = [r["path"] for r in self.records]
+        self.prompts = read_prompts(spec, self.records)
         self.annotated = spec.kind == "face" or any("faces" in r for r in self.records)
         self.lq_files = None
         self.lq_only = spec.hq is None and spec.manifest is None
@@ -303,6 +320,8 @@ class EvalDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         path = self.files[index]
         item = {"name": path.stem, "index": index}
+        if self.prompts is not None:
+            item["prompt"] = self.prompts[index]
         if self.lq_only:  # real-world LQ without ground truth: no-reference metrics only
             item["lq"] = read_image(path).rgb
             return item

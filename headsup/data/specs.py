@@ -29,6 +29,9 @@ class DatasetSpec:
         repeat: Times the set is repeated per training epoch.
         weight: Sampling weight of the set in a training mixture (None: in proportion to its
             size). Setting it on any training set draws sets by weight (MixtureSampler).
+        prompts: Per-image prompts (`headsup.data.prompts`): "txt" (`<stem>.txt` beside each image),
+            "manifest" (each record's "prompt") or a .jsonl map. None: no per-image prompt.
+        prompt: One prompt for every image of the set (instead of `prompts`).
     """
 
     name: str
@@ -40,3 +43,5 @@ class DatasetSpec:
     center_crop: int | None = None
     repeat: int = 1
     weight: float | None = None
+    prompts: str | None = None
+    prompt: str | None = None

@@ -13,13 +13,14 @@ import torch
 
 
 class PairPool:
-    """A fixed-size pool of training samples (all tensors of a batch, keyed like the batch).
+    """A fixed-size pool of training samples (all tensors and per-sample lists of a batch, keyed like the batch).
 
     Args:
         size: Number of samples kept; a multiple of the batch size.
         keys: Batch entries exchanged through the pool (others pass through unchanged); None:
-            every tensor with the batch's leading size (images, faces, masks, references), fixed
-            at the first batch, so everything that describes a sample travels with it.
+            every tensor with the batch's leading size (images, faces, masks, references) and every
+            list of that length (prompts), fixed at the first batch, so everything that describes a
+            sample travels with it.
     """
 
     def __init__(self, size: int, keys: tuple[str, ...] | None = None) -> None:
@@ -33,23 +34,32 @@ class PairPool:
     def __call__(self, batch: dict, generator: torch.Generator | None = None) -> dict:
         if self.keys is None:
             b = batch["lq"].shape[0]
-            self.keys = tuple(k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == b)
-        b = batch[self.keys[0]].shape[0]
+            self.keys = tuple(k for k, v in batch.items() if (isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == b)
+                              or (isinstance(v, list) and len(v) == b))  # per-sample lists: prompts
+        b = len(batch[self.keys[0]])
         if self.size % b:
             raise ValueError(f"pool size {self.size} is not a multiple of the batch size {b}")
         if not self.store:
-            self.store = {k: batch[k].new_empty((self.size, *batch[k].shape[1:])) for k in self.keys}
+            self.store = {k: batch[k].new_empty((self.size, *batch[k].shape[1:])) if isinstance(batch[k], torch.Tensor)
+                          else [None] * self.size for k in self.keys}
         if self.filled < self.size:
             for k in self.keys:
                 self.store[k][self.filled : self.filled + b] = batch[k]
             self.filled += b
             return batch
         device = generator.device if generator is not None else "cpu"
-        order = torch.randperm(self.size, generator=generator, device=device).to(self.store[self.keys[0]].device)
+        tensors = [v for v in self.store.values() if isinstance(v, torch.Tensor)]
+        order = torch.randperm(self.size, generator=generator, device=device)
+        order = order.to(tensors[0].device) if tensors else order
         out = dict(batch)
         for k in self.keys:
-            shuffled = self.store[k][order]
-            out[k] = shuffled[:b].clone()
-            shuffled[:b] = batch[k]
+            if isinstance(self.store[k], list):
+                shuffled = [self.store[k][i] for i in order.tolist()]
+                out[k] = shuffled[:b]
+                shuffled[:b] = batch[k]
+            else:
+                shuffled = self.store[k][order]
+                out[k] = shuffled[:b].clone()
+                shuffled[:b] = batch[k]
             self.store[k] = shuffled
         return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,19 +101,25 @@ class DiffusersFolder(BackboneSource):
     The text encoder, when the folder has one, embeds the fixed prompts (the generator's, the
     teacher's CFG pair) at build time: it is loaded once, on first use, and kept until
     `release()` (which `SRSystem` calls once every part is built), and each prompt is embedded
-    once. No text encoder runs per training step. Without `text_encoder/` + `tokenizer/` every
+    once. Per-image prompts (`headsup.data.prompts`) load it again on the first batch that has
+    them; each unique text is embedded once and cached (CPU), so the text encoder runs only for
+    texts not seen before. Without `text_encoder/` + `tokenizer/` every
     prompt embeds as zeros, with a warning: prompts then have no effect.
 
     Args:
         path: Folder with `unet/`, `vae/`, `scheduler/` and optionally `text_encoder/` + `tokenizer/`.
         prompt: The fixed prompt to embed (empty, as in OSEDiff without a tagger).
+        max_cached_prompts: Embeddings kept, per unique prompt (77 x 1024 floats each for SD 2.1);
+            the least recently used beyond it are dropped and embedded again if they come back.
     """
 
-    def __init__(self, path: str, prompt: str = "") -> None:
+    def __init__(self, path: str, prompt: str = "", max_cached_prompts: int = 4096) -> None:
         self.path = path
         self.prompt = prompt
         self._text: tuple | None = None  # (tokenizer, encoder) between the first embedding and release()
-        self._embeds: dict[str, torch.Tensor] = {}
+        self._embeds: OrderedDict[str, torch.Tensor] = OrderedDict()  # per unique prompt, least recent first
+        self.max_cached = max_cached_prompts
+        self.encoded = 0  # prompts run through the text encoder so far
 
     def build(self, include_vae: bool = True) -> Backbone:
         root = self._root()
@@ -167,7 +174,13 @@ class DiffusersFolder(BackboneSource):
                 return_tensors="pt",
             ).input_ids
             self._embeds.update(zip(missing, encoder(ids)[0].float()))
-        return torch.stack([self._embeds[p] for p in prompts])
+        out = torch.stack([self._embeds[p] for p in prompts])
+        for p in dict.fromkeys(prompts):
+            self._embeds.move_to_end(p)
+        while len(self._embeds) > self.max_cached:  # least recently used first
+            self._embeds.popitem(last=False)
+        self.encoded += len(missing)
+        return out
 
     def release(self) -> None:
         self._text = None

@@ -58,8 +58,8 @@ class TeacherWithFakeScore(nn.Module):
             prompts must embed differently (a backbone without a text encoder embeds both as zeros):
             such a teacher is warned about when built and refused when training calls it, since its
             guidance would do nothing (evaluating a checkpoint never calls it).
-        prompt: Positive prompt (of the teacher's conditional branch and of the fake score). OSEDiff
-            uses per-image RAM tags; without a tagger this fixed prompt stands in.
+        prompt: Positive prompt (of the teacher's conditional branch and of the fake score) of images
+            without their own: a batch's per-image prompts (OSEDiff: the image's RAM tags) take its place.
         negative_prompt: Prompt of the teacher's unconditional branch (default: OSEDiff's training
             script's negative prompt).
     """
@@ -89,6 +89,7 @@ class TeacherWithFakeScore(nn.Module):
     def build(self, backbone: BackboneSource) -> None:
         """Load the UNet, schedule and prompt embeddings from `backbone` and add the fake-score LoRA."""
         parts = backbone.build(include_vae=False)
+        self.source = backbone  # embeds per-image prompts later (each text once)
         self.unet = parts.unet.requires_grad_(False)
         self.prediction_type = parts.prediction_type
         self.register_buffer("alphas_cumprod", parts.alphas_cumprod.clone(), persistent=False)
@@ -118,16 +119,26 @@ class TeacherWithFakeScore(nn.Module):
     def fake_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.unet.named_parameters() if f".{ADAPTER}." in n]
 
+    def positive_embeds(self, prompts: list[str | None] | None) -> torch.Tensor:
+        """(B, L, D) embeddings of a batch's per-image prompts (None entries: `prompt`), or the fixed
+        prompt's (1, L, D) when the batch has none."""
+        if prompts is None or all(p is None for p in prompts):
+            return self.prompt_embeds
+        texts = [self.prompts[0] if p is None else p for p in prompts]
+        return self.source.embed_prompts(texts).to(self.prompt_embeds.device)
+
     def _call(self, z_t: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         cond = embeds.to(z_t.dtype).expand(z_t.shape[0], -1, -1) if embeds.shape[0] == 1 else embeds.to(z_t.dtype)
         return self.unet(z_t, t, encoder_hidden_states=cond).sample
 
-    def real_eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Teacher noise estimate with classifier-free guidance (one batched call for both branches)."""
+    def real_eps(self, z_t: torch.Tensor, t: torch.Tensor, positive: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher noise estimate with classifier-free guidance (one batched call for both branches);
+        `positive`: per-sample prompt embeddings (`positive_embeds`), else the fixed prompt."""
         if self.inert_guidance:
             raise ValueError(self._inert_message())
         b = z_t.shape[0]
-        embeds = torch.cat([self.prompt_embeds.expand(b, -1, -1), self.negative_embeds.expand(b, -1, -1)])
+        positive = self.prompt_embeds if positive is None else positive
+        embeds = torch.cat([positive.expand(b, -1, -1), self.negative_embeds.expand(b, -1, -1)])
         self.unet.disable_adapters()
         try:
             pred = self._call(torch.cat([z_t, z_t]), torch.cat([t, t]), embeds)
@@ -137,9 +148,10 @@ class TeacherWithFakeScore(nn.Module):
         eps_pos, eps_neg = to_epsilon(pred, torch.cat([z_t, z_t]), torch.cat([a, a]), self.prediction_type).chunk(2)
         return eps_neg + self.guidance_scale * (eps_pos - eps_neg)
 
-    def fake_output(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The fake score's raw UNet output (its training target follows the prediction type)."""
-        return self._call(z_t, t, self.prompt_embeds)
+    def fake_output(self, z_t: torch.Tensor, t: torch.Tensor, positive: torch.Tensor | None = None) -> torch.Tensor:
+        """The fake score's raw UNet output (its training target follows the prediction type),
+        conditioned on the positive prompt (per sample where given)."""
+        return self._call(z_t, t, self.prompt_embeds if positive is None else positive)
 
-    def fake_eps(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return to_epsilon(self.fake_output(z_t, t), z_t, self.alphas_cumprod[t], self.prediction_type)
+    def fake_eps(self, z_t: torch.Tensor, t: torch.Tensor, positive: torch.Tensor | None = None) -> torch.Tensor:
+        return to_epsilon(self.fake_output(z_t, t, positive), z_t, self.alphas_cumprod[t], self.prediction_type)

@@ -9,8 +9,9 @@ t ~ U[t_min, t_max), z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps:
 
 as OSEDiff's `F.mse_loss(z0, (z0 - g).detach())`.
 
-x0_real comes from the frozen teacher with classifier-free guidance, x0_fake from the LoRA
-fake score, which is trained on the generator's detached latents with the usual diffusion
+x0_real comes from the frozen teacher with classifier-free guidance (positive branch: the
+image's prompt where the batch has per-image prompts), x0_fake from the LoRA fake score (the same
+prompt), which is trained on the generator's detached latents with the usual diffusion
 loss (t ~ U[0, 1000), epsilon or v target): the auxiliary loss of this objective.
 """
 
@@ -80,8 +81,9 @@ class VSDLoss(Objective):
             z_t, t, _ = self._noisy(z0, self.t_min, self.t_max)
             z_t = z_t.to(ctx.latent.dtype)
             a = self.scores.alphas_cumprod[t]
-            x0_real = to_x0(self.scores.real_eps(z_t, t).float(), z_t.float(), a)
-            x0_fake = to_x0(self.scores.fake_eps(z_t, t).float(), z_t.float(), a)
+            positive = self.scores.positive_embeds(ctx.batch.get("prompt"))
+            x0_real = to_x0(self.scores.real_eps(z_t, t, positive).float(), z_t.float(), a)
+            x0_fake = to_x0(self.scores.fake_eps(z_t, t, positive).float(), z_t.float(), a)
             weight = (z0 - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8)
             grad = torch.nan_to_num((x0_fake - x0_real) / weight)
         return F.mse_loss(z0, (z0 - grad).detach())
@@ -89,7 +91,8 @@ class VSDLoss(Objective):
     def aux_loss(self, ctx: StepContext) -> torch.Tensor:
         z0 = ctx.latent.detach().float()
         z_t, t, noise = self._noisy(z0, 0, len(self.scores.alphas_cumprod))
-        pred = self.scores.fake_output(z_t.to(ctx.latent.dtype), t).float()
+        positive = self.scores.positive_embeds(ctx.batch.get("prompt"))
+        pred = self.scores.fake_output(z_t.to(ctx.latent.dtype), t, positive).float()
         if self.scores.prediction_type == "v_prediction":
             a = self.scores.alphas_cumprod[t].view(-1, 1, 1, 1)
             target = a.sqrt() * noise - (1 - a).sqrt() * z0
