@@ -18,6 +18,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import yaml
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # frozen parts (VAE decoder, LPIPS, teachers) are in eval mode on purpose
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -65,11 +67,38 @@ class HeadsupCLI(LightningCLI):
     # Inference-time choices of a run, not properties of the trained model.
     RUN_KEYS = ("model.metrics", "model.eval_color_fix", *(f"model.generator.init_args.{k}" for k in INFERENCE_OPTIONS))
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        self._raw_args = [str(a) for a in (sys.argv[1:] if args is None else args)] \
+            if not isinstance(args, (dict, Namespace)) else []
+        super().parse_arguments(parser, args)
+
+    def _explicit(self, key: str) -> bool:
+        """Whether this run's command line or one of its --config files sets `key` (a default does not)."""
+        raw = getattr(self, "_raw_args", [])
+        flags = {f"--{key}", f"--{key.replace('.init_args.', '.')}"}
+        if any(a.split("=", 1)[0] in flags for a in raw):
+            return True
+        configs = [b for a, b in zip(raw, raw[1:]) if a == "--config"] + \
+            [a.split("=", 1)[1] for a in raw if a.startswith("--config=")]
+        for path in configs:
+            try:
+                node = yaml.safe_load(Path(path).read_text())
+            except (OSError, yaml.YAMLError):
+                continue
+            for part in key.split("."):
+                if isinstance(node, dict) and part == "init_args" and part not in node:
+                    continue  # "model.generator.upsample" spelling
+                node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
+            if node is not _MISSING:
+                return True
+        return False
+
     def _parse_ckpt_path(self) -> None:
-        # With --ckpt_path, Lightning replaces the model section by the checkpoint's; evaluation
-        # metrics and tiling come from this run's config and command line instead.
+        # With --ckpt_path, Lightning replaces the model section by the checkpoint's; the run
+        # options this run's config or command line set (metrics, colour fix, tiling, upsampling,
+        # ...) are kept; those left at their defaults come from the checkpoint.
         sub = self.config.get("subcommand")
-        kept = {k: self.config.get(f"{sub}.{k}") for k in self.RUN_KEYS} if sub else {}
+        kept = {k: self.config.get(f"{sub}.{k}") for k in self.RUN_KEYS if self._explicit(k)} if sub else {}
         try:
             super()._parse_ckpt_path()  # torch.load with weights_only (torch's default since 2.6)
         except pickle.UnpicklingError as err:
@@ -81,6 +110,9 @@ class HeadsupCLI(LightningCLI):
         for key, value in kept.items():
             if value is not None:
                 self.config[f"{sub}.{key}"] = value
+
+
+_MISSING = object()
 
 
 class UnsafeCheckpointError(ValueError):

@@ -6,7 +6,11 @@
     headsup-tools tiny-weights OUT     random stand-ins of LPIPS/facenet/discriminator weight files (tests, tiny runs)
     headsup-tools enhance INPUT OUTPUT --weights CKPT [--scale 4] [--reference REF]
                                        enhance a photo or a folder with a trained checkpoint
+    headsup-tools import-osediff OSEDIFF_PKL OUT --backbone SD_FOLDER [--prompt P] [--overwrite]
+                                       OSEDiff's released osediff.pkl -> a checkpoint for predict/test/enhance
     headsup-tools prepare faces ROOT   MTCNN boxes/landmarks of every image -> ROOT/faces.jsonl (resumable)
+    headsup-tools prepare prompts ROOT --captioner FOLDER
+                                       a local captioner's text of every image -> <stem>.txt (or --out MAP.jsonl)
     headsup-tools prepare references MANIFEST --weights facenet.pt | --from-folders
                                        identities and same-person reference pairs -> references.jsonl
     headsup-tools prepare portrait-set MANIFEST --out DIR [--references references.jsonl]
@@ -181,6 +185,19 @@ def _cmd_prepare_portrait_set(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare_prompts(args: argparse.Namespace) -> int:
+    from headsup.data.tagging import write_prompts
+
+    done = write_prompts(args.root, args.captioner, out=args.out, batch_size=args.batch_size,
+                         max_new_tokens=args.max_new_tokens, device=args.device, overwrite=args.overwrite)
+    where = args.out or "<stem>.txt beside each image"
+    print(f"{where}: {len(done['written'])} captioned, {len(done['kept'])} kept (had a prompt file), "
+          f"{len(done['unreadable'])} unreadable")
+    for path, reason in done["unreadable"]:
+        print(f"  unreadable: {path}: {reason}", file=sys.stderr)
+    return 0
+
+
 def _add_prepare(sub) -> None:
     prepare = sub.add_parser("prepare", help="build face manifests, reference pairs and portrait sets")
     steps = prepare.add_subparsers(dest="step", required=True)
@@ -195,6 +212,16 @@ def _add_prepare(sub) -> None:
     p.add_argument("--min-prob", type=float, default=0.9)
     p.add_argument("--retry-errors", action="store_true", help="detect again in files recorded as unreadable")
     p.set_defaults(func=_cmd_prepare_faces)
+    p = steps.add_parser("prompts", help="caption every image under ROOT with a local captioner -> prompt files")
+    p.add_argument("root", help="folder of photos (searched recursively)")
+    p.add_argument("--captioner", required=True,
+                   help="local transformers image-to-text model folder (e.g. a BLIP captioner; nothing is downloaded)")
+    p.add_argument("--out", help="one JSON Lines map {path, prompt} instead of <stem>.txt beside each image")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=30)
+    p.add_argument("--device", help="torch device (default: cuda when present)")
+    p.add_argument("--overwrite", action="store_true", help="caption images that already have a prompt file too")
+    p.set_defaults(func=_cmd_prepare_prompts)
     p = steps.add_parser("references", help="group faces by identity and pair each image with others of it")
     p.add_argument("manifest", help="face manifest from `prepare faces`")
     p.add_argument("--weights", help="InceptionResnetV1 state dict (facenet-pytorch vggface2), a local file")
@@ -287,6 +314,15 @@ def _add_enhance(sub) -> None:
     p.set_defaults(func=_cmd_enhance)
 
 
+def _cmd_import_osediff(args: argparse.Namespace) -> int:
+    from headsup.models.osediff_import import import_osediff
+
+    out = import_osediff(args.pkl, args.out, args.backbone, overwrite=args.overwrite, prompt=args.prompt)
+    print(f"{out}: OSEDiff checkpoint {args.pkl} on {args.backbone}; run it with `headsup-tools enhance INPUT "
+          f"OUTPUT --weights {out}` or `headsup predict --config CONFIG --ckpt_path {out} ...`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="headsup-tools", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -307,6 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_tiny_weights)
     _add_prepare(sub)
     _add_enhance(sub)
+    p = sub.add_parser("import-osediff", help="OSEDiff's released checkpoint (osediff.pkl) as a headsup checkpoint")
+    p.add_argument("pkl", metavar="OSEDIFF_PKL", help="OSEDiff's checkpoint (github.com/cswry/OSEDiff, osediff.pkl)")
+    p.add_argument("out", metavar="OUT", help="headsup checkpoint to write (.ckpt)")
+    p.add_argument("--backbone", required=True,
+                   help="local SD 2.1-base diffusers folder (unet/, vae/, scheduler/, text_encoder/, tokenizer/); "
+                        "the checkpoint loads it from this path")
+    p.add_argument("--prompt", default="", help="fixed prompt of every image (OSEDiff tags each image with DAPE; "
+                                                "predict takes no per-image prompts yet)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=_cmd_import_osediff)
     return parser
 
 

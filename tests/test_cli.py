@@ -417,6 +417,22 @@ def test_ckpt_path_takes_the_model_section_from_the_checkpoint(trained, tmp_path
     assert saved["model"]["generator"]["init_args"]["unet_lora"]["rank"] == 8  # the checkpoint's (quickstart) rank
     assert set(json.loads((run / "results.json").read_text())["sets"]) == {"portrait"}  # this config's data
 
+    # run options: those this run sets win, those it leaves at their defaults come from the checkpoint
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["hyper_parameters"]["generator"]["init_args"].update(upsample="pil_bicubic", tiling="always")
+    other = tmp_path / "pil.ckpt"
+    torch.save(state, other)
+    cfg["model"]["generator"]["init_args"]["tiling"] = "never"  # in the config file
+    for extra, upsample in (([], "pil_bicubic"), (["--model.generator.upsample", "bicubic"], "bicubic")):
+        run = tmp_path / f"run_{upsample}"
+        cfg["trainer"]["default_root_dir"] = str(run)
+        cfg["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path), name=run.name)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        assert main(["test", "--config", str(path), "--ckpt_path", str(other), "--results.save_images", "false"]
+                    + extra) == 0
+        init = yaml.safe_load((run / "config_test.yaml").read_text())["model"]["generator"]["init_args"]
+        assert (init["upsample"], init["tiling"]) == (upsample, "never")
+
 
 def test_eval_color_fix_corrects_sr_before_the_metrics_not_bicubic(trained, tmp_path):
     """model.eval_color_fix (adain by default, OSEDiff's protocol) applies to SR only, with --ckpt_path too."""

@@ -103,6 +103,36 @@ def tiny_text_encoder(seed: int = 0):
     return tokenizer, encoder
 
 
+def write_tiny_captioner(out: str | Path, seed: int = 0) -> Path:
+    """A random two-layer BLIP captioner (32 px input, a 24-word vocabulary) saved as transformers
+    saves BLIP-base, for `prepare prompts` on a machine without a real one. Its captions are
+    random word strings."""
+    import tempfile
+
+    from transformers import BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "a", "photo", "of", "man", "woman", "portrait",
+             "face", "smiling", "outdoor", "street", "cat", "red", "with", "hat", "city", "coffee", "cup", "rocket"]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.txt").write_text("\n".join(words) + "\n")
+        tokenizer = BertTokenizerFast(str(Path(tmp) / "vocab.txt"), do_lower_case=True, bos_token="[DEC]")
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    layer = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37)
+    config = BlipConfig(
+        text_config=dict(vocab_size=len(words), max_position_embeddings=40, bos_token_id=5, pad_token_id=0, initializer_range=0.5,
+                         sep_token_id=3, eos_token_id=3, **layer),
+        vision_config=dict(image_size=32, patch_size=16, initializer_range=0.5, **layer), projection_dim=32,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BlipForConditionalGeneration(config).eval()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 def pretrain_tiny_backbone(
     image_dir: str | Path,
     out_dir: str | Path,
