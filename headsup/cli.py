@@ -18,7 +18,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # frozen parts (VAE decoder, LPIPS, teachers) are in eval mode on purpose
@@ -68,30 +67,19 @@ class HeadsupCLI(LightningCLI):
     RUN_KEYS = ("model.metrics", "model.eval_color_fix", *(f"model.generator.init_args.{k}" for k in INFERENCE_OPTIONS))
 
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        self._raw_args = [str(a) for a in (sys.argv[1:] if args is None else args)] \
-            if not isinstance(args, (dict, Namespace)) else []
         super().parse_arguments(parser, args)
+        # what this run sets itself (command line and --config files, without defaults), for _parse_ckpt_path
+        try:
+            self._given = parser.parse_object(args, defaults=False) if isinstance(args, (dict, Namespace)) else \
+                parser.parse_args(sys.argv[1:] if args is None else args, defaults=False)
+        except (SystemExit, Exception):  # noqa: BLE001 - parsed once already; without it every run option is kept
+            self._given = None
 
     def _explicit(self, key: str) -> bool:
-        """Whether this run's command line or one of its --config files sets `key` (a default does not)."""
-        raw = getattr(self, "_raw_args", [])
-        flags = {f"--{key}", f"--{key.replace('.init_args.', '.')}"}
-        if any(a.split("=", 1)[0] in flags for a in raw):
+        """Whether this run's command line or one of its config files sets `key` (a default does not)."""
+        if self._given is None:
             return True
-        configs = [b for a, b in zip(raw, raw[1:]) if a == "--config"] + \
-            [a.split("=", 1)[1] for a in raw if a.startswith("--config=")]
-        for path in configs:
-            try:
-                node = yaml.safe_load(Path(path).read_text())
-            except (OSError, yaml.YAMLError):
-                continue
-            for part in key.split("."):
-                if isinstance(node, dict) and part == "init_args" and part not in node:
-                    continue  # "model.generator.upsample" spelling
-                node = node.get(part, _MISSING) if isinstance(node, dict) else _MISSING
-            if node is not _MISSING:
-                return True
-        return False
+        return f"{self.config.get('subcommand')}.{key}" in self._given
 
     def _parse_ckpt_path(self) -> None:
         # With --ckpt_path, Lightning replaces the model section by the checkpoint's; the run
@@ -107,12 +95,8 @@ class HeadsupCLI(LightningCLI):
             raise UnsafeCheckpointError(
                 f"{path} (--ckpt_path) holds more than tensors and plain values (loading it could run code) or "
                 f"is not a torch checkpoint, refused: {first_line}") from err
-        for key, value in kept.items():
-            if value is not None:
-                self.config[f"{sub}.{key}"] = value
-
-
-_MISSING = object()
+        for key, value in kept.items():  # an explicit null too
+            self.config[f"{sub}.{key}"] = value
 
 
 class UnsafeCheckpointError(ValueError):

@@ -159,7 +159,7 @@ def _cmd_prepare_references(args: argparse.Namespace) -> int:
     else:
         if args.weights is None:
             raise ValueError("give --weights (InceptionResnetV1 state dict) or --from-folders")
-        net = IdentityNet(args.weights).to(args.device or "cpu")
+        net = IdentityNet(args.weights, alignment=args.alignment).to(args.device or "cpu")
         embeddings = curation.face_embeddings(records, manifest.parent, net)
         identities = curation.cluster_identities(embeddings, args.threshold)
     pairs = curation.reference_pairs(identities, None if args.from_folders else embeddings, args.threshold)
@@ -227,6 +227,9 @@ def _add_prepare(sub) -> None:
     p.add_argument("--weights", help="InceptionResnetV1 state dict (facenet-pytorch vggface2), a local file")
     p.add_argument("--from-folders", action="store_true", help="identity = the image's folder")
     p.add_argument("--threshold", type=float, default=0.65, help="cosine similarity linking two faces")
+    p.add_argument("--alignment", choices=["facenet", "ffhq"], default="facenet",
+                   help="how faces are cut out for the net: MTCNN box + margin as facenet was trained, or the "
+                        "FFHQ template (earlier headsup versions)")
     p.add_argument("--out", help="output JSON Lines (default: references.jsonl next to the manifest)")
     p.add_argument("--device")
     p.add_argument("--overwrite", action="store_true")

@@ -111,6 +111,13 @@ def test_folder_without_text_encoder_warns_and_a_cfg_teacher_on_it_is_refused(tm
         system.objectives["vsd"].scores.real_eps(z, torch.tensor([500]))  # training refuses it
     with pytest.warns(UserWarning, match="embed as zeros"):  # no guidance: nothing for the prompts to do
         SRSystem(generator, {"vsd": VSDLoss(TeacherWithFakeScore(guidance_scale=1.0))})
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:  # per-image prompts in training: one warning, not one a batch
+        warnings.simplefilter("always")
+        for text in ("a", "b", "c"):
+            generator.prompt_embeddings([text])
+    assert sum("embed as zeros" in str(w.message) for w in caught) == 1
 
 
 def test_teacher_default_negative_prompt_is_osediffs():

@@ -325,6 +325,7 @@ def test_extra_metrics_run_and_missing_weights_are_reported(trained, tmp_path, s
     assert set(out["sets"]["real"]["headsup"]) == {"niqe"}  # LQ-only: no-reference metrics only
     assert "musiq.pth" in out["settings"]["unavailable"]["musiq"]
     assert "musiq" not in portrait["headsup"]
+    assert out["settings"]["metrics"]["deg"] == "IdentityCosine(alignment=facenet)"  # how faces were cut out
 
 
 def test_predict_colour_fix_options(trained, tmp_path, samples_dir):
@@ -419,36 +420,59 @@ def test_ckpt_path_takes_the_model_section_from_the_checkpoint(trained, tmp_path
 
     # run options: those this run sets win, those it leaves at their defaults come from the checkpoint
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    state["hyper_parameters"]["generator"]["init_args"].update(upsample="pil_bicubic", tiling="always")
+    state["hyper_parameters"]["generator"]["init_args"].update(upsample="pil_bicubic", tiling="always",
+                                                                memory_budget_gb=3.0)
     other = tmp_path / "pil.ckpt"
     torch.save(state, other)
     cfg["model"]["generator"]["init_args"]["tiling"] = "never"  # in the config file
-    for extra, upsample in (([], "pil_bicubic"), (["--model.generator.upsample", "bicubic"], "bicubic")):
+    cases = ((["--config"], "pil_bicubic", 3.0),  # left at the defaults: the checkpoint's
+             (["-c", "--model.generator.upsample=bicubic", "--model.generator.init_args.memory_budget_gb", "null"],
+              "bicubic", None))  # set on the command line, in other spellings, an explicit null too
+    for (flag, *extra), upsample, budget in cases:
         run = tmp_path / f"run_{upsample}"
         cfg["trainer"]["default_root_dir"] = str(run)
         cfg["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path), name=run.name)
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        assert main(["test", "--config", str(path), "--ckpt_path", str(other), "--results.save_images", "false"]
+        assert main(["test", flag, str(path), "--ckpt_path", str(other), "--results.save_images", "false"]
                     + extra) == 0
         init = yaml.safe_load((run / "config_test.yaml").read_text())["model"]["generator"]["init_args"]
-        assert (init["upsample"], init["tiling"]) == (upsample, "never")
+        assert (init["upsample"], init["tiling"], init["memory_budget_gb"]) == (upsample, "never", budget)
 
 
 def test_eval_color_fix_corrects_sr_before_the_metrics_not_bicubic(trained, tmp_path):
-    """model.eval_color_fix (adain by default, OSEDiff's protocol) applies to SR only, with --ckpt_path too."""
-    tmp, config, data = trained
+    """model.eval_color_fix (adain by default, OSEDiff's protocol) corrects SR towards the LQ input (not
+    the HQ, not the bicubic row), in the metrics and the saved test images, with --ckpt_path too. The LQ
+    of this paired set has a colour cast that its HQ lacks, so the two references differ."""
+    from PIL import Image
+    from skimage.data import astronaut
+
+    tmp, config, _ = trained
     ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
-    sets = {}
+    hq_img = Image.fromarray(astronaut()[:256, 128:384])
+    lq_img = Image.fromarray((np.asarray(hq_img.resize((64, 64), Image.BICUBIC)) * [0.7, 1.0, 1.0]).astype(np.uint8))
+    for folder, image in (("hq", hq_img), ("lq", lq_img)):
+        (tmp_path / folder).mkdir()
+        image.save(tmp_path / folder / "astronaut.png")
+    up = np.asarray(lq_img.resize((256, 256), Image.BICUBIC), dtype=np.float64).reshape(-1, 3).mean(0)
+    hq_mean = np.asarray(hq_img, dtype=np.float64).reshape(-1, 3).mean(0)
+    sets, means = {}, {}
     for method in ("adain", "none"):
         cfg = yaml.safe_load(config.read_text())
         cfg["trainer"]["default_root_dir"] = str(tmp_path / method)
         cfg["trainer"]["logger"]["init_args"].update(save_dir=str(tmp_path), name=method)
         path = tmp_path / f"{method}.yaml"
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        cast = json.dumps([{"name": "cast", "hq": str(tmp_path / "hq"), "lq": str(tmp_path / "lq")}])
         assert main(["test", "--config", str(path), "--ckpt_path", ckpt, "--model.eval_color_fix", method,
-                     "--results.save_images", "false"] + data) == 0
+                     "--data.test_sets", cast]) == 0
         out = json.loads((tmp_path / method / "results.json").read_text())
         assert out["settings"]["color_fix"] == method
-        sets[method] = out["sets"]["portrait"]
+        sets[method] = out["sets"]["cast"]
+        saved = tmp_path / method / "test_images" / "cast" / "astronaut.png"
+        means[method] = np.asarray(Image.open(saved), dtype=np.float64).reshape(-1, 3).mean(0)
     assert sets["adain"]["bicubic"] == sets["none"]["bicubic"]
-    assert sets["adain"]["headsup"]["psnr_rgb"] != sets["none"]["headsup"]["psnr_rgb"]
+    # red, the cast channel, within one 8-bit level of the upsampled input's (green and blue clip at white);
+    # uncorrected, the tiny model's red is 18 levels off it (measured)
+    assert abs(means["adain"] - up)[0] < 1.0 and abs(means["adain"] - hq_mean)[0] > 20
+    assert abs(means["none"] - up)[0] > 10
+    assert sets["adain"]["headsup"]["psnr_rgb"] < sets["none"]["headsup"]["psnr_rgb"]  # the LQ's cast costs PSNR

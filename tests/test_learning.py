@@ -37,7 +37,8 @@ def test_fit_improves_psnr_over_untrained(tmp_path, samples_dir, tiny_sd_dir):
     for name in ("portrait", "general"):
         gain = trained[name]["headsup"]["psnr_y"] - untrained[name]["headsup"]["psnr_y"]
         assert gain > 1.0, (name, untrained[name], trained[name])
-        assert trained[name]["headsup"]["psnr_y"] > TRAINED_PSNR_Y[name] - MARGIN_DB, (name, trained[name])
+        # both sides: a generator that returned the bicubic upsampling (25.28 dB portrait) would pass a lower bound
+        assert abs(trained[name]["headsup"]["psnr_y"] - TRAINED_PSNR_Y[name]) < MARGIN_DB, (name, trained[name])
         # the bicubic reference is untouched by training
         assert trained[name]["bicubic"] == untrained[name]["bicubic"]
 

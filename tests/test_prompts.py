@@ -169,3 +169,57 @@ def test_fit_with_per_image_prompts_embeds_each_text_once(tmp_path, samples_dir,
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert len(seen) == 6 and all(p is not None and set(p) <= {"photo 0", "photo 1"} for p in seen)
     assert source.encoded - before == 2
+
+
+def test_a_mixture_with_and_without_prompts_keeps_each_prompt_on_its_image_through_the_pool(photos, tmp_path):
+    """Every training batch of a mixture has "prompt" (None for the set without), so the pool, which
+    fixes its keys at the first batch, moves each prompt with its image; a batch whose per-sample
+    entries change is refused rather than mixed up."""
+    from types import SimpleNamespace
+
+    from headsup.data.datamodule import SRDataModule
+    from headsup.degradations.pool import PairPool
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 64), (0, 50 * i, 0)).save(plain / f"p{i}.png")
+    for name in ("a", "sub/b", "c"):
+        (photos / f"{name}.txt").write_text(f"prompt of {name.split('/')[-1]}")
+    dm = SRDataModule(train=[DatasetSpec("tagged", hq=str(photos), prompts="txt"), DatasetSpec("plain", hq=str(plain))],
+                      crop_size=32, batch_size=2, num_workers=0, pool_size=4)
+    dm.trainer = SimpleNamespace(training=True, global_rank=0)
+    colours = {}  # the green channel tells the image apart: 100 for the tagged set, 0/50/100 for the plain one
+    for data in dm.train_dataloader().dataset.datasets:
+        for i in range(len(data.records)):
+            item = data[i]
+            colours[(round(float(item["hq"][0].mean()) * 255), round(float(item["hq"][2].mean()) * 255))] = item["prompt"]
+    seen = 0
+    for batch in dm.train_dataloader():
+        assert "prompt" in batch and len(batch["prompt"]) == 2
+        out = dm.on_after_batch_transfer(batch, 0)
+        for hq, prompt in zip(out["hq"], out["prompt"]):
+            assert colours[(round(float(hq[0].mean()) * 255), round(float(hq[2].mean()) * 255))] == prompt
+            seen += 1
+    assert seen == 6
+    pool = PairPool(4)
+    pool({"lq": torch.zeros(2, 1), "prompt": ["a", "b"]})
+    with pytest.raises(ValueError, match=r"missing \['prompt'\]"):
+        pool({"lq": torch.zeros(2, 1)})
+
+
+def test_a_training_batch_conditions_each_image_on_its_own_prompt(tiny_sd_dir):
+    """In training the batch goes through the UNet together: row i must get prompt i."""
+    source = DiffusersFolder(str(tiny_sd_dir))
+    torch.manual_seed(0)
+    gen = OneStepSR(source).train()
+    embed = _encoder(tiny_sd_dir)
+    lq = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    out = gen.generate(lq, prompts=["a cat", "a dog"])
+    assert out.latent.requires_grad
+    with torch.no_grad():
+        z = gen.encode(lq)  # the posterior mean: sample_latent is off
+        expected = gen.denoise(z, prompt_embeds=embed(["a cat", "a dog"]))
+        swapped = gen.denoise(z, prompt_embeds=embed(["a dog", "a cat"]))
+    torch.testing.assert_close(out.latent.detach(), expected, atol=1e-5, rtol=1e-5)
+    assert (out.latent.detach() - swapped).abs().max() > 1e-3

@@ -72,6 +72,9 @@ def test_a_jsonl_map_is_read_back_by_the_dataset(photos, captioner, tmp_path):
         write_prompts(photos, captioner, out=table)
     with pytest.raises(FileNotFoundError, match="captioner not found: .*nowhere"):
         write_prompts(photos, tmp_path / "nowhere")
+    Image.open(photos / "coffee.png").save(photos / "coffee.jpg")
+    with pytest.raises(ValueError, match=r"coffee\.(png|jpg) and .*coffee\.(png|jpg) would share .*coffee\.txt"):
+        write_prompts(photos, captioner)
 
 
 def test_prepare_prompts_command(photos, captioner, tmp_path, capsys):

@@ -130,7 +130,7 @@ def test_generator_tiles_at_inference_only_and_keeps_the_exact_size():
     lq = torch.rand(1, 3, 21, 35)  # odd size, a 84 x 140 latent: several tiles
     calls = []
     denoise = gen.denoise
-    gen.denoise = lambda z, extra=None: calls.append(z.shape) or denoise(z, extra)
+    gen.denoise = lambda z, extra=None, embeds=None: calls.append(z.shape) or denoise(z, extra, embeds)
     with torch.no_grad():
         tiled = gen(lq)
         assert tiled.shape == (1, 3, 84, 140) and all(c[-2:] == (32, 32) for c in calls) and len(calls) > 1

@@ -165,6 +165,9 @@ class SRDataModule(L.LightningDataModule):
             raise ValueError("no training data: set data.train to a list of DatasetSpec")
         sets = [RandomCropDataset(s, self.crop_size, face_crop_prob=self.face_crop_prob, max_faces=self.max_faces,
                                   reference_size=self.reference_size) for s in self.train_specs]
+        if any(d.prompts is not None for d in sets):  # every batch then has "prompt" (None: the model's fixed one)
+            for d in sets:
+                d.prompts = d.prompts if d.prompts is not None else [None] * len(d.records)
         dataset = ConcatDataset(sets)
         if all(s.weight is None for s in self.train_specs):
             return self._loader(dataset, self.batch_size, shuffle=True)

@@ -152,11 +152,9 @@ class ReferenceLoader:
 def read_prompts(spec: DatasetSpec, records: list[dict]) -> list[str] | None:
     """Each record's prompt from the set's prompt source (read now, so a missing one fails here);
     None when the set has no prompts."""
-    source = prompt_source(spec.prompts, spec.prompt, f"dataset '{spec.name}'")
-    if source is None:
-        return None
     try:
-        return [source(r) for r in records]
+        source = prompt_source(spec.prompts, spec.prompt, f"dataset '{spec.name}'")
+        return None if source is None else [source(r) for r in records]
     except (FileNotFoundError, KeyError) as err:
         raise type(err)(f"dataset '{spec.name}': {err.args[0]}") from None
 

@@ -27,7 +27,7 @@ class PromptSource:
 
 class FixedPrompt(PromptSource):
     def __init__(self, text: str) -> None:
-        self.text = text
+        self.text = text.strip()
 
     def __call__(self, record: dict) -> str:
         return self.text

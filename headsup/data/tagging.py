@@ -62,6 +62,14 @@ def write_prompts(root: str | os.PathLike, captioner: str | os.PathLike, out: st
     if not images:
         raise FileNotFoundError(f"no images (png, jpg, webp, tif, bmp) found in {root}")
     out = Path(out) if out is not None else None
+    if out is None:  # a.png and a.jpg would share a.txt
+        by_file: dict[Path, list[Path]] = {}
+        for p in images:
+            by_file.setdefault(p.with_suffix(".txt"), []).append(p)
+        clash = next((v for v in by_file.values() if len(v) > 1), None)
+        if clash:
+            raise ValueError(f"{clash[0]} and {clash[1]} would share the prompt file {clash[0].with_suffix('.txt')}: "
+                             "rename one, or write a map with --out")
     if out is not None and out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     kept = [p for p in images if out is None and not overwrite and p.with_suffix(".txt").exists()]

@@ -36,6 +36,12 @@ class PairPool:
             b = batch["lq"].shape[0]
             self.keys = tuple(k for k, v in batch.items() if (isinstance(v, torch.Tensor) and v.ndim and v.shape[0] == b)
                               or (isinstance(v, list) and len(v) == b))  # per-sample lists: prompts
+        missing = [k for k in self.keys if k not in batch]
+        extra = [k for k, v in batch.items() if k not in self.keys and isinstance(v, (torch.Tensor, list))
+                 and not (isinstance(v, torch.Tensor) and v.ndim == 0) and len(v) == len(batch[self.keys[0]])]
+        if missing or extra:  # a sample's parts would part company in the pool
+            raise ValueError(f"pair pool: this batch's per-sample entries differ from the first batch's "
+                             f"(missing {missing}, new {extra})")
         b = len(batch[self.keys[0]])
         if self.size % b:
             raise ValueError(f"pool size {self.size} is not a multiple of the batch size {b}")

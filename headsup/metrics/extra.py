@@ -145,6 +145,7 @@ class IdentityCosine(ExtraMetric):
 
     def __init__(self, weights: str | None = None, alignment: str = "facenet") -> None:
         super().__init__()
+        self.metric_name = f"alignment={alignment}"  # recorded in results.json's settings
         self.unavailable = _missing(weights, "deg (InceptionResnetV1)")
         self.net = None
         if self.unavailable is None:

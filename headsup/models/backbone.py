@@ -154,6 +154,10 @@ class DiffusersFolder(BackboneSource):
         zeros (77 tokens) when the folder has no text encoder."""
         root = self._root()
         if not self.has_text_encoder:
+            if getattr(self, "_warned", False):
+                return torch.zeros(len(prompts), 77, dim or json.loads((root / "unet" / "config.json").read_text())[
+                    "cross_attention_dim"])
+            self._warned = True
             warnings.warn(
                 f"diffusers folder {root} has no text_encoder/ + tokenizer/: prompts {list(prompts)!r} "
                 "embed as zeros, so prompts (and a teacher's classifier-free guidance) have no effect. "
@@ -184,6 +188,7 @@ class DiffusersFolder(BackboneSource):
 
     def release(self) -> None:
         self._text = None
+        self._warned = False  # each build warns again; per-image prompts after it warn once
 
 
 class FromConfig(BackboneSource):
