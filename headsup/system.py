@@ -411,6 +411,8 @@ class SRSystem(L.LightningModule):
             cond, notes = self._conditioning({**batch, **fields}), notes + more
         elif ref_path:
             notes.append(f"this model takes no reference: {ref_path} not used")
+        if "prompt" in batch and not getattr(self.generator, "uses_faces", False):
+            cond["prompts"] = batch["prompt"]
         sr = self.generator(lq, **cond).float()
         if not torch.isfinite(sr).all():  # half precision overflowing (black or NaN output on some GPUs)
             with torch.autocast(lq.device.type, enabled=False):

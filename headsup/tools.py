@@ -274,7 +274,8 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     outscale = None if args.scale is None or args.scale == gen.scale else args.scale
     writer = PredictWriter(output_dir=args.output, ext=args.ext, suffix=args.suffix, overwrite=args.overwrite,
                            quality=args.quality, color_fix=args.color_fix, outscale=outscale)
-    dm = SRDataModule(predict_input=args.input, predict_reference=args.reference, num_workers=args.workers)
+    dm = SRDataModule(predict_input=args.input, predict_reference=args.reference, num_workers=args.workers,
+                      predict_prompts=args.prompts, predict_prompt=args.prompt, predict_prompt_format=args.prompt_format)
     trainer = L.Trainer(accelerator=args.device, devices=1, precision=args.precision, logger=False,
                         callbacks=[writer], enable_model_summary=False)
     trainer.predict(system, datamodule=dm, return_predictions=False)
@@ -289,6 +290,10 @@ def _add_enhance(sub) -> None:
     p.add_argument("--weights", required=True, help="checkpoint written by `headsup fit` (.ckpt)")
     p.add_argument("--scale", type=float, default=None, help="output size / input size (default: the model's)")
     p.add_argument("--reference", default=None, help="reference photo, or folder of them matched by name")
+    p.add_argument("--prompts", default=None, help="each input's tags: txt (<stem>.txt beside it) or a .jsonl map")
+    p.add_argument("--prompt", default=None, help="your prompt, for every input")
+    p.add_argument("--prompt-format", default="{tags}",
+                   help="the text from {tags} and {prompt} (OSEDiff's test script: \"{tags}, {prompt},\")")
     p.add_argument("--ext", default=None, choices=[".png", ".jpg", ".webp", ".tif"], help="output format (png)")
     p.add_argument("--suffix", default="", help="appended to each output file stem")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
@@ -352,8 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", required=True,
                    help="local SD 2.1-base diffusers folder (unet/, vae/, scheduler/, text_encoder/, tokenizer/); "
                         "the checkpoint loads it from this path")
-    p.add_argument("--prompt", default="", help="fixed prompt of every image (OSEDiff tags each image with DAPE; "
-                                                "predict takes no per-image prompts yet)")
+    p.add_argument("--prompt", default="", help="the model's fixed prompt, for images without their own (per-image "
+                                                "tags: enhance --prompts / predict --data.predict_prompts)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=_cmd_import_osediff)
     return parser

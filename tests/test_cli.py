@@ -346,6 +346,32 @@ def test_predict_colour_fix_options(trained, tmp_path, samples_dir):
               str(samples_dir / "predict"), "--writer.output_dir", str(tmp_path / "x"), "--writer.color_fix", "sepia"])
 
 
+def test_predict_prompts_reach_the_model_in_osediffs_format(trained, tmp_path, samples_dir, capsys):
+    """Tags beside the input, a user prompt and OSEDiff's "{tags}, {prompt}," make the text the model gets:
+    the same text given another way gives the same image, no prompt (the fixed one) another image."""
+    tmp, config, _ = trained
+    ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")
+    src = _small_input(samples_dir, tmp_path, "astronaut")
+    src.with_suffix(".txt").write_text("woman, astronaut\n")
+    images = {}
+    for name, extra in (("none", []),
+                        ("tags", ["--data.predict_prompts", "txt", "--data.predict_prompt", "sharp",
+                                  "--data.predict_prompt_format", "{tags}, {prompt},"]),
+                        ("fixed", ["--data.predict_prompt", "woman, astronaut, sharp,", "--data.predict_prompt_format",
+                                   "{prompt}"])):
+        out = tmp_path / name
+        assert main(["predict", "--config", str(config), "--ckpt_path", ckpt, "--data.predict_input", str(src),
+                     "--writer.output_dir", str(out)] + extra) == 0
+        images[name] = np.asarray(Image.open(out / "astronaut.png")).astype(int)
+    assert np.array_equal(images["tags"], images["fixed"])
+    assert np.abs(images["tags"] - images["none"]).max() > 0
+    src.with_suffix(".txt").unlink()
+    assert main(["predict", "--config", str(config), "--ckpt_path", ckpt, "--data.predict_input", str(src),
+                 "--writer.output_dir", str(tmp_path / "missing"), "--data.predict_prompts", "txt"]) == 2
+    assert "--data.predict_prompts: no prompt file" in capsys.readouterr().err
+    assert not (tmp_path / "missing" / "astronaut.png").exists()
+
+
 def test_predict_tiling_options_apply_with_a_checkpoint(trained, tmp_path, samples_dir, capsys):
     tmp, config, _ = trained
     ckpt = str(tmp / "run" / "checkpoints" / "last.ckpt")

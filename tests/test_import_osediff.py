@@ -110,7 +110,7 @@ def lq_image() -> np.ndarray:
 
 
 @torch.no_grad()
-def osediff_inference(release, up8: np.ndarray) -> torch.Tensor:
+def osediff_inference(release, up8: np.ndarray, prompt: str = "") -> torch.Tensor:
     """OSEDiff_test's forward on the Pillow-upsampled 8-bit image: encode, one UNet call at t = 999 with the
     prompt's embedding, x0 through DDPMScheduler.step (diffusers 0.25's previous step, -1, as OSEDiff pins
     it), decode, clamp. The posterior mean stands for OSEDiff's unseeded posterior sample. In [0, 1]."""
@@ -119,7 +119,7 @@ def osediff_inference(release, up8: np.ndarray) -> torch.Tensor:
 
     tokenizer = CLIPTokenizer.from_pretrained(release.backbone, subfolder="tokenizer", local_files_only=True)
     encoder = CLIPTextModel.from_pretrained(release.backbone, subfolder="text_encoder", local_files_only=True)
-    ids = tokenizer([""], max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
+    ids = tokenizer([prompt], max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
                     return_tensors="pt").input_ids
     prompt_embeds = encoder(ids)[0]
     scheduler = DDPMScheduler.from_pretrained(release.backbone, subfolder="scheduler", local_files_only=True)
@@ -302,3 +302,22 @@ def test_files_that_are_not_osediff_checkpoints_are_refused(release, tmp_path):
     with pytest.raises(ValueError, match="clip_sample"):
         import_osediff(release.pkl, tmp_path / "out.ckpt", clipping)
     assert not (tmp_path / "out.ckpt").exists()
+
+
+def test_enhance_prompts_in_osediffs_format_match_osediff(release, tmp_path):
+    """test_osediff.py's prompt is f"{tags}, {prompt},": tags beside the input plus the user's prompt."""
+    out = import_osediff(release.pkl, tmp_path / "osediff.ckpt", release.backbone)
+    lq8 = lq_image()
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(lq8).save(src / "face.png")
+    (src / "face.txt").write_text("woman, helmet")
+    args = ["enhance", str(src), str(tmp_path / "out"), "--weights", str(out), "--workers", "0", "--device", "cpu",
+            "--color-fix", "none", "--prompts", "txt", "--prompt", "sharp", "--prompt-format", "{tags}, {prompt},"]
+    assert tools(args) == 0
+    enhanced = np.asarray(Image.open(tmp_path / "out" / "face.png")).astype(np.float64) / 255
+    up8 = np.asarray(Image.fromarray(lq8).resize((256, 256), Image.Resampling.BICUBIC))
+    reference = osediff_inference(release, up8, "woman, helmet, sharp,")[0].permute(1, 2, 0).numpy()
+    other = osediff_inference(release, up8, "")[0].permute(1, 2, 0).numpy()
+    assert np.abs(enhanced - reference).max() <= 5e-3 + 0.5 / 255  # Pillow-compatible upsampling, 8-bit output
+    assert np.abs(enhanced - other).max() > 0.01  # the prompt matters (0.019 here; the match bound is 0.007)

@@ -60,6 +60,11 @@ class SRDataModule(L.LightningDataModule):
         predict_input: Image file or folder to enhance with `predict`.
         predict_reference: Reference photo for reference-conditioned models in `predict`: one file
             for every input, or a folder matched to the inputs by relative path and stem.
+        predict_prompts: Tags of each `predict` input: "txt" (`<stem>.txt` beside it, e.g. from
+            `headsup-tools prepare prompts`) or a .jsonl map.
+        predict_prompt: The user's prompt for every `predict` input.
+        predict_prompt_format: The text of an input from its `{tags}` and the user's `{prompt}`; OSEDiff's
+            test script uses "{tags}, {prompt},". Without either option the model's fixed prompt is used.
         sharpen_gt: Real-ESRGAN's USM-sharpened GT for training: LQ is made from the sharpened HQ,
             `hq` becomes the sharpened target of pixel/perceptual losses and `hq_orig` keeps the
             original (for adversarial terms).
@@ -84,6 +89,9 @@ class SRDataModule(L.LightningDataModule):
         seed: int = 0,
         predict_input: str | None = None,
         predict_reference: str | None = None,
+        predict_prompts: str | None = None,
+        predict_prompt: str | None = None,
+        predict_prompt_format: str = "{tags}",
         sharpen_gt: bool = False,
         pool_size: int = 0,
         face_crop_prob: float = 0.5,
@@ -106,6 +114,8 @@ class SRDataModule(L.LightningDataModule):
         self.seed = seed
         self.predict_input = predict_input
         self.predict_reference = predict_reference
+        self.predict_prompts, self.predict_prompt = predict_prompts, predict_prompt
+        self.predict_prompt_format = predict_prompt_format
         self.predict_skip = None  # relative input path -> skip it (set by the PredictWriter: output exists)
         self.predict_skipped: list = []
         self.sharpen_gt = sharpen_gt
@@ -204,7 +214,9 @@ class SRDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         if self.predict_input is None:
             raise ValueError("nothing to predict: set --data.predict_input to an image file or folder")
-        dataset = PredictDataset(self.predict_input, self.predict_reference, self.predict_skip)
+        dataset = PredictDataset(self.predict_input, self.predict_reference, self.predict_skip,
+                                 prompts=self.predict_prompts, prompt=self.predict_prompt,
+                                 prompt_format=self.predict_prompt_format)
         self.predict_skipped = dataset.skipped
         return self._loader(dataset, 1, False)
 

@@ -356,9 +356,14 @@ class PredictDataset(Dataset):
             stem (any image extension: `refs/alice.jpg` for `photos/alice.png`).
         skip: Called with each input's path and its path relative to `root`; inputs it returns True
             for are left out (and listed in `skipped`), e.g. those whose output already exists.
+        prompts: Each input's tags: "txt" (`<stem>.txt` beside it) or a .jsonl map (`headsup.data.prompts`).
+        prompt: The user's prompt, for every input.
+        prompt_format: How an input's text is made from its `{tags}` and the user's `{prompt}` (OSEDiff's
+            test script: "{tags}, {prompt},"). Without `prompts` or `prompt` the model's fixed prompt is used.
     """
 
-    def __init__(self, root: str, reference: str | None = None, skip=None) -> None:
+    def __init__(self, root: str, reference: str | None = None, skip=None, prompts: str | None = None,
+                 prompt: str | None = None, prompt_format: str = "{tags}") -> None:
         self.root = Path(root)
         files = list_images(root)
         if not files:
@@ -368,6 +373,18 @@ class PredictDataset(Dataset):
         self.reference = Path(reference) if reference else None
         if self.reference is not None and not self.reference.exists():
             raise FileNotFoundError(f"--data.predict_reference: {reference} does not exist")
+        self.prompts = None
+        if prompts is not None or prompt is not None:
+            try:
+                source = prompt_source(prompts, None, "--data.predict_prompts")
+                tags = [source({"path": p}) for p in self.files] if source else [""] * len(self.files)
+            except (FileNotFoundError, KeyError) as err:
+                raise type(err)(f"--data.predict_prompts: {err.args[0]}") from None
+            try:
+                self.prompts = [prompt_format.format(tags=t, prompt=prompt or "") for t in tags]
+            except (KeyError, IndexError, ValueError) as err:
+                raise ValueError(f"--data.predict_prompt_format {prompt_format!r}: use {{tags}} and {{prompt}} "
+                                 f"(not {err})") from None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -390,6 +407,8 @@ class PredictDataset(Dataset):
         ref_path = self.reference_of(rel)
         item = {"path": str(path), "relpath": str(rel), "reference_path": str(ref_path or ""),
                 "reference_image": torch.empty(0), "reference_error": ""}
+        if self.prompts is not None:
+            item["prompt"] = self.prompts[index]
         if ref_path is not None:
             try:
                 item["reference_image"] = read_image(ref_path).rgb

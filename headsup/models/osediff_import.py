@@ -19,9 +19,9 @@ OSEDiff's `test_osediff.py`); `headsup predict --ckpt_path`, `headsup test --ckp
 run options stay the checkpoint's unless the run's config or command line sets them).
 
 Differences from OSEDiff's test script that remain:
-- Prompt: OSEDiff prompts each image with its DAPE (RAM) tags, `f"{tags}, {prompt},"`. `predict` and
-  `enhance` take no per-image prompts yet: the backbone's fixed prompt (`prompt`, default empty) is used
-  (test sets can carry per-image prompts, `headsup.data.prompts`).
+- Prompt: OSEDiff prompts each image with its DAPE (RAM) tags, `f"{tags}, {prompt},"`. headsup reads
+  tags from files (`enhance --prompts txt --prompt-format "{tags}, {prompt},"`, `predict
+  --data.predict_prompts ...`); without them the backbone's fixed prompt (`prompt`, default empty) is used.
 - Latent: OSEDiff's inference draws a sample of the VAE posterior (unseeded); headsup's inference
   uses its mean (`sample_latent` is recorded as true, which applies in training only).
 - Small inputs (short side under 128 px) are first enlarged to 128 px by OSEDiff's script and sizes are
