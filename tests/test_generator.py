@@ -300,3 +300,31 @@ def test_validation_end_takes_merged_lora_out_before_checkpoints_and_ema():
     system.on_validation_epoch_end()
     for key, value in system.generator.state_dict().items():
         assert torch.allclose(value, trained[key], atol=1e-6), key
+
+
+def test_random_training_upsampling_draws_each_mode():
+    """OSEDiff's training LQ is upsampled with area, bilinear or bicubic, drawn per batch; evaluation
+    keeps `upsample`."""
+    import torch.nn.functional as F
+
+    gen = OneStepSR(TinySD(), train_upsample="random").train()
+    gen.seed(3)
+    lq = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    candidates = {"area": F.interpolate(lq, scale_factor=4, mode="area"),
+                  "bilinear": F.interpolate(lq, scale_factor=4, mode="bilinear", align_corners=False),
+                  "bicubic": F.interpolate(lq, scale_factor=4, mode="bicubic", align_corners=False)}
+    def draws():
+        out = []
+        for _ in range(30):
+            up = gen.upsampled(lq)
+            out.append([m for m, c in candidates.items() if torch.equal(up, c)])
+        return out
+
+    drawn = draws()
+    assert all(len(d) == 1 for d in drawn) and {d[0] for d in drawn} == set(candidates)
+    gen.seed(3)
+    assert draws() == drawn  # the rank's seeded generator: reproducible
+    gen.eval()
+    assert torch.equal(gen.upsampled(lq), candidates["bicubic"])  # evaluation: `upsample`
+    with pytest.raises(ValueError, match="train_upsample"):
+        OneStepSR(TinySD(), train_upsample="nearest")

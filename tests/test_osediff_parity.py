@@ -28,6 +28,7 @@ OSEDIFF = {
     f"{GEN}.vae_lora": {"rank": 4, "alpha": 8.0, "targets": "osediff_vae_encoder", "prefix": ""},
     f"{GEN}.train_conv_in": True,
     f"{GEN}.sample_latent": True,               # latent_dist.sample()
+    f"{GEN}.train_upsample": "random",          # realesrgan.py: area / bilinear / bicubic per batch
     "model.objectives.mse.class_path": "headsup.objectives.reconstruction.PixelMSE",
     "model.objectives.mse.init_args.weight": 1.0,     # lambda_l2
     "model.objectives.mse.init_args.range": "-1..1",  # F.mse_loss on [-1, 1] images

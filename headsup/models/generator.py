@@ -54,6 +54,10 @@ INFERENCE_OPTIONS = ("tiling", "tile_size", "tile_overlap", "tile_batch", "norm_
                      "split_group_norm", "upsample")
 
 
+# The upsampling modes OSEDiff's training data draw from (its realesrgan.py), one per batch.
+TRAIN_UPSAMPLE_MODES = ("area", "bilinear", "bicubic")
+
+
 def _available_ram() -> float:
     """MemAvailable of /proc/meminfo in bytes (physical memory where that file is missing)."""
     try:
@@ -95,6 +99,8 @@ class OneStepSR(nn.Module):
         upsample: How LQ is brought to the output size before the VAE: "bicubic" (torch's, a = -0.75)
             or "pil_bicubic" (Pillow's bicubic on 8-bit values, a = -0.5, as OSEDiff's test script
             upsamples; `headsup.degradations.resample`).
+        train_upsample: In training: None (as `upsample`) or "random": each batch upsampled with a mode
+            drawn from torch's area, bilinear and bicubic, as OSEDiff's training data are.
         reference: Condition on a reference face and the face mask (conv_in widened, zero-initialised).
         reference_dropout: Probability of dropping the reference of a training sample.
         tiling: At inference: "auto" tiles a stage (VAE encoder, UNet, VAE decoder) whose
@@ -137,6 +143,7 @@ class OneStepSR(nn.Module):
         train_conv_in: bool = True,
         sample_latent: bool = False,
         upsample: str = "bicubic",
+        train_upsample: str | None = None,
         reference: bool = False,
         reference_dropout: float = 0.2,
         tiling: str = "auto",
@@ -163,6 +170,9 @@ class OneStepSR(nn.Module):
         if upsample not in ("bicubic", "pil_bicubic"):
             raise ValueError(f"upsample must be 'bicubic' or 'pil_bicubic', got '{upsample}'")
         self.upsample = upsample
+        if train_upsample not in (None, "random"):
+            raise ValueError(f"train_upsample must be None or 'random', got '{train_upsample}'")
+        self.train_upsample = train_upsample
         self.vae = parts.vae
         self.unet = parts.unet
         self.scaling_factor = float(self.vae.config.scaling_factor)
@@ -269,6 +279,11 @@ class OneStepSR(nn.Module):
         """LQ in [0, 1] brought to the output size (`upsample`)."""
         if self.scale == 1:
             return lq
+        if self.training and self.train_upsample == "random":
+            pick = int(torch.randint(len(TRAIN_UPSAMPLE_MODES), (1,), generator=self._dropout_rng))
+            mode = TRAIN_UPSAMPLE_MODES[pick]
+            extra = {} if mode == "area" else {"align_corners": False}
+            return F.interpolate(lq, scale_factor=self.scale, mode=mode, **extra)
         if self.upsample == "pil_bicubic":
             size = (round(lq.shape[-2] * self.scale), round(lq.shape[-1] * self.scale))
             return pil_bicubic_resize(lq.clamp(0, 1), size, eight_bit=True)
@@ -377,7 +392,8 @@ class OneStepSR(nn.Module):
                            factor=factor, network=network, norm_passes=self.norm_passes, align=per_latent)
 
     def seed(self, seed: int) -> None:
-        """Seed the reference-dropout draws (SRSystem gives each rank its own seed)."""
+        """Seed the training draws: reference dropout, the training upsampling mode (SRSystem gives each
+        rank its own seed)."""
         self._dropout_rng = torch.Generator().manual_seed(seed)
 
     def keep_reference(self, has_reference: torch.Tensor) -> torch.Tensor:
