@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e '.[dev]'
 	# these two pin old torch/numpy/Pillow in their metadata but work with current ones
 	$(PIP) install -q --no-deps facenet-pytorch==2.6.0 pyiqa==0.1.16
+	# open-clip-torch: only for CLIP's BPE vocabulary file (the tiny stand-in's tokenizer)
+	$(PIP) install -q --no-deps open-clip-torch==3.3.0
 	# basicsr: the Real-ESRGAN reference that tests and benchmarks compare with (its setup.py needs torch present)
 	$(PIP) install -q --no-deps --no-build-isolation basicsr==1.4.2
 	touch $@

@@ -83,7 +83,7 @@ def test_one_command_loads_the_text_encoder_once_and_drops_it(tmp_path, samples_
     assert len(loads) == 1
     scores = model.objectives["vsd"].scores
     with torch.no_grad():
-        expected = encoder(tok(["", "a", "b"], padding="max_length", max_length=16, return_tensors="pt").input_ids)[0]
+        expected = encoder(tok(["", "a", "b"], padding="max_length", max_length=77, return_tensors="pt").input_ids)[0]
     assert torch.allclose(model.generator.prompt_embeds[0], expected[0], atol=1e-6)
     assert torch.allclose(scores.prompt_embeds[0], expected[1], atol=1e-6)
     assert torch.allclose(scores.negative_embeds[0], expected[2], atol=1e-6)
@@ -128,3 +128,17 @@ def test_teacher_default_negative_prompt_is_osediffs():
                "engine, blurring, dirty, messy, worst quality, low quality, frames, watermark, signature, jpeg "
                "artifacts, deformed, lowres, over-smooth")
     assert TeacherWithFakeScore().prompts[1] == osediff  # (prompt, negative_prompt); built lazily
+
+
+def test_tiny_tokenizer_is_clips_bpe_as_sd2_configures_it():
+    """The stand-in tokenizer splits text as SD's does: CLIP's ids ("a" 320, "photo" 1125, "of" 539,
+    "cat" 2368, "," 267; start 49406, end 49407), padded with "!" (id 0) to 77 tokens, as SD 2.x."""
+    from headsup.testing.tiny import tiny_text_encoder
+
+    tok, encoder = tiny_text_encoder()
+    assert len(tok) == 49408 == encoder.config.vocab_size
+    assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert tok("A Photo, of a CAT").input_ids == [49406, 320, 1125, 267, 539, 320, 2368, 49407]  # lower-cased
+    padded = tok([""], padding="max_length", max_length=tok.model_max_length, truncation=True).input_ids[0]
+    assert padded[:3] == [49406, 49407, 0] and len(padded) == 77 and tok.pad_token == "!"
+    assert len(tok("word " * 200, truncation=True).input_ids) == 77

@@ -69,33 +69,59 @@ def _random_crops(images: list, n: int, size: int, generator: torch.Generator) -
     return torch.stack(out)
 
 
-TINY_PROMPT_TOKENS = 16
+TINY_PROMPT_TOKENS = 77  # as SD's CLIP tokenizer
+
+
+def _clip_byte_symbols() -> list[str]:
+    """CLIP's 256 byte symbols in its vocabulary order (printable Latin-1 bytes as themselves, then
+    the others mapped above U+0100)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
+
+
+def clip_tokenizer_files(out: str | Path) -> Path:
+    """`vocab.json` + `merges.txt` of CLIP's BPE tokenizer (49408 tokens, as SD's `tokenizer/`),
+    made from the vocabulary file open-clip-torch ships (`bpe_simple_vocab_16e6.txt.gz`)."""
+    import gzip
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None:
+        raise ModuleNotFoundError("open-clip-torch ships CLIP's BPE vocabulary: pip install --no-deps "
+                                  "open-clip-torch (make install does)")
+    source = Path(spec.submodule_search_locations[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(source).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    symbols = _clip_byte_symbols()
+    vocab = [*symbols, *(s + "</w>" for s in symbols), *("".join(m.split()) for m in merges),
+             "<|startoftext|>", "<|endoftext|>"]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return out
 
 
 def tiny_text_encoder(seed: int = 0):
-    """A random two-layer CLIP text encoder of the tiny UNet's width and a character-level CLIP
-    tokenizer (printable ASCII, no merges, 16 tokens): different prompts embed differently.
+    """A random two-layer CLIP text encoder of the tiny UNet's width, with CLIP's real BPE tokenizer
+    as SD 2.x configures it (77 tokens, padded with "!"): prompts are split as a real run splits them.
 
     Returns:
         (tokenizer, encoder).
     """
-    import json
     import tempfile
 
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        vocab.update({chr(c) + suffix: len(vocab) + i for i, c in enumerate(range(33, 127))})
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
-        tokenizer = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"),
+        files = clip_tokenizer_files(tmp)
+        tokenizer = CLIPTokenizer(str(files / "vocab.json"), str(files / "merges.txt"), pad_token="!",
                                   model_max_length=TINY_PROMPT_TOKENS)
     config = CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=TINY_UNET["cross_attention_dim"], intermediate_size=64,
+        vocab_size=len(tokenizer), hidden_size=TINY_UNET["cross_attention_dim"], intermediate_size=64,
         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=TINY_PROMPT_TOKENS,
-        bos_token_id=0, eos_token_id=1, pad_token_id=1,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
