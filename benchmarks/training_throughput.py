@@ -30,7 +30,8 @@ FULL = ROOT / "configs" / "experiments" / "tiny_headsup.yaml"
 
 def _prepare(work: Path) -> dict:
     """Samples, a tiny portrait set and stand-in weights under `work`."""
-    from headsup.testing.tiny import prepare_tiny_portrait_set, write_tiny_weights
+    from headsup.testing.recipes import prepare_tiny_portrait_set
+    from headsup.testing.tiny import write_tiny_weights
     from headsup.tools import write_samples
 
     samples = work / "samples"

@@ -22,13 +22,13 @@ def portrait_set(samples_dir) -> Path:
 
 
 def build_portrait_set_for(samples_dir: Path) -> Path:
-    from headsup.testing.tiny import prepare_tiny_portrait_set
+    from headsup.testing.recipes import prepare_tiny_portrait_set
 
     return prepare_tiny_portrait_set(samples_dir)
 
 
 def tiny_config(tmp_path: Path, samples: Path, backbone: Path, weights: dict, portraits: Path, **trainer) -> Path:
-    from headsup.testing.tiny import localize_tiny_headsup
+    from headsup.testing.recipes import localize_tiny_headsup
 
     cfg = localize_tiny_headsup(yaml.safe_load(TINY.read_text()), tmp_path / "run", samples, backbone, weights,
                                 portraits)

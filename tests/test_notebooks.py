@@ -66,7 +66,7 @@ ALL_VARIANTS = ("full", "no face supervision", "no identity loss", "no reference
 ], ids=["two", "four"])
 def test_ablation_notebook_trains_tests_and_reads_the_variants(tmp_path, samples_dir, tiny_sd_dir, tiny_weights,
                                                                 variants):
-    from headsup.testing.tiny import prepare_tiny_portrait_set
+    from headsup.testing.recipes import prepare_tiny_portrait_set
 
     inputs = {"samples": samples_dir, "backbone": tiny_sd_dir, "weights": tiny_weights,
               "portraits": prepare_tiny_portrait_set(samples_dir)}

@@ -338,6 +338,19 @@ def align_faces(images: torch.Tensor, landmarks: torch.Tensor, size: int = 512) 
                                                  mode="bilinear", padding_mode="reflection", align_corners=True)
 
 
+def paste_mask(size: int, margin: float = 0.05, feather: float = 0.04, device=None) -> torch.Tensor:
+    """(1, 1, size, size) mask of the aligned square: 1 inside, 0 within `margin` of the border,
+    a Gaussian-smoothed edge `feather` (fractions of `size`) wide."""
+    m = max(1, round(margin * size))
+    mask = torch.zeros(1, 1, size, size, device=device)
+    mask[..., m:-m, m:-m] = 1
+    sigma = max(0.5, feather * size / 2)
+    k = int(2 * round(3 * sigma) + 1)
+    import kornia
+
+    return kornia.filters.gaussian_blur2d(mask, (k, k), (sigma, sigma), border_type="constant")
+
+
 def facenet_boxes(boxes: torch.Tensor, height: int, width: int, size: int = 160, margin: int = 32) -> list[tuple]:
     """Integer crop boxes (x1, y1, x2, y2) as facenet-pytorch's `extract_face` takes them: each face
     box grown by `margin` pixels of the `size` output (margin x box side / (size - margin) in the

@@ -10,12 +10,11 @@ checkpoint (`CheckpointModel`), bicubic upsampling, or the identity (scale 1).
 
 from __future__ import annotations
 
-import kornia
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from headsup.data.faces import align_faces
+from headsup.data.faces import align_faces, paste_mask
 from headsup.models.generator import warp_reference
 
 
@@ -67,17 +66,6 @@ def load_checkpoint(path: str):
     except pickle.UnpicklingError as err:
         raise ValueError(f"{path} holds more than tensors and plain values (loading it could run code), "
                          f"refused: {str(err).splitlines()[0]}") from err
-
-
-def paste_mask(size: int, margin: float = 0.05, feather: float = 0.04, device=None) -> torch.Tensor:
-    """(1, 1, size, size) mask of the aligned square: 1 inside, 0 within `margin` of the border,
-    a Gaussian-smoothed edge `feather` (fractions of `size`) wide."""
-    m = max(1, round(margin * size))
-    mask = torch.zeros(1, 1, size, size, device=device)
-    mask[..., m:-m, m:-m] = 1
-    sigma = max(0.5, feather * size / 2)
-    k = int(2 * round(3 * sigma) + 1)
-    return kornia.filters.gaussian_blur2d(mask, (k, k), (sigma, sigma), border_type="constant")
 
 
 class BlendingBaseline(nn.Module):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from headsup.inference.blending import paste_mask
+from headsup.data.faces import paste_mask
 from headsup.models.generator import warp_reference
 
 
