@@ -18,7 +18,6 @@ import sys
 import warnings
 from pathlib import Path
 
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # frozen parts (VAE decoder, LPIPS, teachers) are in eval mode on purpose
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")

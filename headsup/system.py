@@ -403,7 +403,7 @@ class SRSystem(L.LightningModule):
         lq = batch["lq"]
         notes = [f"reference unreadable, not used: {batch['reference_error'][0]}"] if batch.get("reference_error",
                                                                                                  [""])[0] else []
-        cond = {}
+        cond = self._conditioning(batch)  # its prompts; faces and references are added below where used
         ref_path = batch.get("reference_path", [""])[0]
         if getattr(self.generator, "reference", False) or getattr(self.generator, "uses_faces", False):
             reference = batch.get("reference_image")
@@ -411,8 +411,6 @@ class SRSystem(L.LightningModule):
             cond, notes = self._conditioning({**batch, **fields}), notes + more
         elif ref_path:
             notes.append(f"this model takes no reference: {ref_path} not used")
-        if "prompt" in batch and not getattr(self.generator, "uses_faces", False):
-            cond["prompts"] = batch["prompt"]
         sr = self.generator(lq, **cond).float()
         if not torch.isfinite(sr).all():  # half precision overflowing (black or NaN output on some GPUs)
             with torch.autocast(lq.device.type, enabled=False):

@@ -149,14 +149,14 @@ class ReferenceLoader:
         return {"reference": aligned, "has_reference": torch.tensor(True)}
 
 
-def read_prompts(spec: DatasetSpec, records: list[dict]) -> list[str] | None:
-    """Each record's prompt from the set's prompt source (read now, so a missing one fails here);
-    None when the set has no prompts."""
+def read_prompts(prompts: str | None, prompt: str | None, records: list[dict], where: str) -> list[str] | None:
+    """Each record's prompt from the source `prompts` / `prompt` name (`prompt_source`), read now so
+    that a missing one fails here, naming `where`; None when neither is given."""
     try:
-        source = prompt_source(spec.prompts, spec.prompt, f"dataset '{spec.name}'")
+        source = prompt_source(prompts, prompt, where)
         return None if source is None else [source(r) for r in records]
     except (FileNotFoundError, KeyError) as err:
-        raise type(err)(f"dataset '{spec.name}': {err.args[0]}") from None
+        raise type(err)(f"{where}: {err.args[0]}") from None
 
 
 class RandomCropDataset(Dataset):
@@ -206,7 +206,7 @@ class RandomCropDataset(Dataset):
         if not keep:
             raise ValueError(f"dataset '{spec.name}': no image is at least {crop_size}x{crop_size} px")
         self.records = keep
-        self.prompts = read_prompts(spec, keep)
+        self.prompts = read_prompts(spec.prompts, spec.prompt, keep, f"dataset '{spec.name}'")
 
     @property
     def files(self) -> list[Path]:
@@ -296,7 +296,7 @@ class EvalDataset(Dataset):
         self.references = ReferenceLoader(reference_size) if reference_size else None
         self.records = load_records(spec)
         self.files = [r["path"] for r in self.records]
-        self.prompts = read_prompts(spec, self.records)
+        self.prompts = read_prompts(spec.prompts, spec.prompt, self.records, f"dataset '{spec.name}'")
         self.annotated = spec.kind == "face" or any("faces" in r for r in self.records)
         self.lq_files = None
         self.lq_only = spec.hq is None and spec.manifest is None
@@ -375,11 +375,8 @@ class PredictDataset(Dataset):
             raise FileNotFoundError(f"--data.predict_reference: {reference} does not exist")
         self.prompts = None
         if prompts is not None or prompt is not None:
-            try:
-                source = prompt_source(prompts, None, "--data.predict_prompts")
-                tags = [source({"path": p}) for p in self.files] if source else [""] * len(self.files)
-            except (FileNotFoundError, KeyError) as err:
-                raise type(err)(f"--data.predict_prompts: {err.args[0]}") from None
+            records = [{"path": p} for p in self.files]
+            tags = read_prompts(prompts, None, records, "--data.predict_prompts") or [""] * len(self.files)
             try:
                 self.prompts = [prompt_format.format(tags=t, prompt=prompt or "") for t in tags]
             except (KeyError, IndexError, ValueError) as err:

@@ -59,13 +59,9 @@ class PairPool:
         order = order.to(tensors[0].device) if tensors else order
         out = dict(batch)
         for k in self.keys:
-            if isinstance(self.store[k], list):
-                shuffled = [self.store[k][i] for i in order.tolist()]
-                out[k] = shuffled[:b]
-                shuffled[:b] = batch[k]
-            else:
-                shuffled = self.store[k][order]
-                out[k] = shuffled[:b].clone()
-                shuffled[:b] = batch[k]
+            listed = isinstance(self.store[k], list)
+            shuffled = [self.store[k][i] for i in order.tolist()] if listed else self.store[k][order]
+            out[k] = shuffled[:b] if listed else shuffled[:b].clone()
+            shuffled[:b] = batch[k]
             self.store[k] = shuffled
         return out

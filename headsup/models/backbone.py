@@ -85,6 +85,13 @@ class BackboneSource:
         """(N, L, D) text embeddings of `prompts`, computed once (e.g. CFG's prompt pair)."""
         raise NotImplementedError
 
+    def embed_batch_prompts(self, prompts: list[str | None] | None, default: str) -> torch.Tensor | None:
+        """(B, L, D) embeddings of a batch's per-sample prompts, `default` standing in for None
+        entries; None when the batch has no prompt of its own."""
+        if prompts is None or all(p is None for p in prompts):
+            return None
+        return self.embed_prompts([default if p is None else p for p in prompts])
+
     def release(self) -> None:
         """Drop whatever was kept only to serve later builds (e.g. a loaded text encoder)."""
 

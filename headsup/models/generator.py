@@ -305,11 +305,8 @@ class OneStepSR(nn.Module):
     def prompt_embeddings(self, prompts: list[str | None] | None) -> torch.Tensor | None:
         """(B, L, D) text embeddings of per-sample prompts (None entries: the backbone's fixed
         prompt), embedded once per unique text by the backbone source; None without prompts."""
-        if prompts is None or all(p is None for p in prompts):
-            return None
-        default = getattr(self.backbone_source, "prompt", "")
-        texts = [default if p is None else p for p in prompts]
-        return self.backbone_source.embed_prompts(texts).to(self.prompt_embeds.device)
+        embeds = self.backbone_source.embed_batch_prompts(prompts, getattr(self.backbone_source, "prompt", ""))
+        return None if embeds is None else embeds.to(self.prompt_embeds.device)
 
     def denoise(self, z: torch.Tensor, extra: torch.Tensor | None = None,
                 prompt_embeds: torch.Tensor | None = None) -> torch.Tensor:
@@ -317,9 +314,8 @@ class OneStepSR(nn.Module):
         conditioning channels appended to the input (reference latent, face mask); `prompt_embeds`:
         (B, L, D) per sample, else the fixed prompt."""
         t = torch.full((z.shape[0],), self.timestep, device=z.device, dtype=torch.long)
-        cond = self.prompt_embeds if prompt_embeds is None else prompt_embeds
-        cond = cond.to(device=z.device, dtype=z.dtype).expand(z.shape[0], -1, -1) if cond.shape[0] == 1 else \
-            cond.to(device=z.device, dtype=z.dtype)
+        cond = (self.prompt_embeds if prompt_embeds is None else prompt_embeds).to(device=z.device, dtype=z.dtype)
+        cond = cond.expand(z.shape[0], -1, -1) if cond.shape[0] == 1 else cond
         x = z if extra is None else torch.cat([z, extra.to(z.dtype)], dim=1)
         pred = self.unet(x, t, encoder_hidden_states=cond).sample
         a = self.alpha_bar.to(z.dtype)
@@ -454,14 +450,14 @@ class OneStepSR(nn.Module):
         """Full pass keeping the latent (what objectives such as VSD need). The reference
         arguments (see `conditioning`) are used by a `reference=True` generator, else ignored;
         `prompts`: one text per sample (None: the fixed prompt)."""
-        embeds = self.prompt_embeddings(prompts)
-        if embeds is not None and len(lq) > 1 and self._inference() and not all(p == prompts[0] for p in prompts):
+        if prompts is not None and self._inference() and len(set(prompts)) > 1:
             # tiles of several images go through the UNet together: one image at a time keeps each its prompt
             parts = [self.generate(lq[i : i + 1], *(None if a is None else a[i : i + 1] for a in
                                    (reference, landmarks, face_mask, has_reference)), prompts=prompts[i : i + 1])
                      for i in range(len(lq))]
             return SROutput(image=torch.cat([o.image for o in parts]), latent=torch.cat([o.latent for o in parts]))
-        embeds = embeds[:1] if embeds is not None and self._inference() else embeds  # all equal at inference
+        # at inference the prompts are all equal here: one row, expanded over the batch (and its tiles)
+        embeds = self.prompt_embeddings(prompts[:1] if prompts is not None and self._inference() else prompts)
         out_h, out_w = lq.shape[-2] * self.scale, lq.shape[-1] * self.scale
         split = self._inference() and self.split_group_norm and lq.is_cuda
         if self._norms and self._norms[0].split != split:

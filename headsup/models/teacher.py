@@ -122,10 +122,8 @@ class TeacherWithFakeScore(nn.Module):
     def positive_embeds(self, prompts: list[str | None] | None) -> torch.Tensor:
         """(B, L, D) embeddings of a batch's per-image prompts (None entries: `prompt`), or the fixed
         prompt's (1, L, D) when the batch has none."""
-        if prompts is None or all(p is None for p in prompts):
-            return self.prompt_embeds
-        texts = [self.prompts[0] if p is None else p for p in prompts]
-        return self.source.embed_prompts(texts).to(self.prompt_embeds.device)
+        embeds = self.source.embed_batch_prompts(prompts, self.prompts[0])
+        return self.prompt_embeds if embeds is None else embeds.to(self.prompt_embeds.device)
 
     def _call(self, z_t: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         cond = embeds.to(z_t.dtype).expand(z_t.shape[0], -1, -1) if embeds.shape[0] == 1 else embeds.to(z_t.dtype)
