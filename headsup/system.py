@@ -29,9 +29,11 @@ from torchvision.utils import make_grid
 
 from headsup.callbacks.ema import averaged_weights
 from headsup.inference.colorfix import color_fix
+from headsup.inference.pipeline import SRPipeline, batch_conditioning
 from headsup.metrics.full_reference import PSNR, SSIM, ImageCount
 from headsup.metrics.extra import ExtraMetric
 from headsup.metrics.seam import SeamScore
+from headsup.models.backbone import fingerprint
 from headsup.objectives.base import Objective, StepContext
 from headsup.objectives.reconstruction import PixelMSE
 
@@ -127,7 +129,8 @@ class SRSystem(L.LightningModule):
         self._face_metrics: dict[str, SeamScore] = {}  # stage/set/method -> seam score (sets with faces)
         self._extra: dict[str, Metric] = {}  # stage/set/method/metric -> configured extra metrics
         self.test_results: dict[str, Any] = {}
-        self._faces = None  # face detection for predict (face-aware generators), built on first use
+        self._backbone: dict | None = None  # recorded in checkpoints, computed once
+        self._predictor: SRPipeline | None = None  # predict runs through the pipeline, built on first use
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
@@ -158,7 +161,7 @@ class SRSystem(L.LightningModule):
         step = int(self.generator_updates)
         first, last = self._micro == 0, self._micro == self.accumulate - 1
         self._micro = 0 if last else self._micro + 1
-        out = self.generator.generate(batch["lq"], **self._conditioning(batch))
+        out = self.generator.generate(batch["lq"], **batch_conditioning(self.generator, batch))
         ctx = StepContext(batch["lq"], batch["hq"], out.image, out.latent, step, batch)
 
         losses: dict[str, torch.Tensor] = {}
@@ -252,24 +255,6 @@ class SRSystem(L.LightningModule):
         rank_zero_warn(f"generator update {step} skipped: non-finite loss or gradient ({terms})")
         return torch.zeros((), device=self.device)
 
-    def _conditioning(self, batch: dict) -> dict:
-        """Conditioning inputs of a batch: its per-image prompts; for a `reference=True` generator
-        the face mask, and the reference of face slot 0 (the largest face, whose identity it shows);
-        the batch's faces for a model that uses them (the blending baseline)."""
-        if getattr(self.generator, "uses_faces", False):
-            if "face_landmarks" not in batch:
-                return {}
-            return {"face_landmarks": batch["face_landmarks"], "face_valid": batch["face_valid"]}
-        cond = {"prompts": batch["prompt"]} if "prompt" in batch else {}
-        if not getattr(self.generator, "reference", False):
-            return cond
-        if "face_mask" in batch:
-            cond["face_mask"] = batch["face_mask"]
-        if "reference" in batch and "face_landmarks" in batch:
-            cond.update(reference=batch["reference"], landmarks=batch["face_landmarks"][:, 0],
-                        has_reference=batch["has_reference"] & batch["face_valid"][:, 0])
-        return cond
-
     # ------------------------------------------------------------------ evaluation
     def _metric(self, key: str, crop_border: int) -> MetricCollection:
         if key not in self._metrics:
@@ -310,7 +295,7 @@ class SRSystem(L.LightningModule):
     def _evaluate(self, stage: str, batch: dict, batch_idx: int, dataloader_idx: int) -> dict:
         name = self._set_name(stage, dataloader_idx)
         scale = self.generator.scale
-        sr = self.generator(batch["lq"], **self._conditioning(batch)).float()
+        sr = self.generator(batch["lq"], **batch_conditioning(self.generator, batch)).float()
         sr = color_fix(sr, batch["lq"].float(), self.eval_color_fix)
         bicubic = self._bicubic(batch["lq"].float())
         hq = batch["hq"].float() if "hq" in batch else None
@@ -398,46 +383,13 @@ class SRSystem(L.LightningModule):
         self.test_results = self._finish("test")
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        if batch.get("error") and batch["error"][0]:
-            return {"error": batch["error"][0], "path": batch["path"][0]}
-        lq = batch["lq"]
-        notes = [f"reference unreadable, not used: {batch['reference_error'][0]}"] if batch.get("reference_error",
-                                                                                                 [""])[0] else []
-        cond = self._conditioning(batch)  # its prompts; faces and references are added below where used
-        ref_path = batch.get("reference_path", [""])[0]
-        if getattr(self.generator, "reference", False) or getattr(self.generator, "uses_faces", False):
-            reference = batch.get("reference_image")
-            fields, more = self._predict_faces(lq, self.generator.scale, reference, ref_path)
-            cond, notes = self._conditioning({**batch, **fields}), notes + more
-        elif ref_path:
-            notes.append(f"this model takes no reference: {ref_path} not used")
-        sr = self.generator(lq, **cond).float()
-        if not torch.isfinite(sr).all():  # half precision overflowing (black or NaN output on some GPUs)
-            with torch.autocast(lq.device.type, enabled=False):
-                sr = self.generator(lq.float(), **cond).float()
-            notes.append("non-finite output in reduced precision: computed again in fp32")
-        alpha = batch["alpha"]
-        if alpha.numel():
-            alpha = self._bicubic(alpha.float())
-        tiling = getattr(self.generator, "last_tiling", {})
-        edges = [v for v in tiling.values() if v]
-        return {"sr": sr, "alpha": alpha if alpha.numel() else None, "path": batch["path"][0],
-                "relpath": batch["relpath"][0], "grayscale": batch["grayscale"][0],
-                "bit_depth": int(batch["bit_depth"][0]), "notes": notes,
-                "reference": ref_path if cond.get("has_reference") is not None and bool(cond["has_reference"].any())
-                else "",
-                "tile_edges": (sorted({e for rows, _ in edges for e in rows}), sorted({e for _, cols in edges
-                                                                                      for e in cols}))}
-
-    def _predict_faces(self, lq, scale, reference, name):
-        from headsup.inference.faces import PredictFaces
-
-        if self._faces is None:
+        if self._predictor is None or self._predictor.generator is not self.generator:
             dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-            self._faces = PredictFaces(reference_size=getattr(dm, "reference_size", None) or 512,
-                                       max_faces=getattr(dm, "max_faces", 4))
-        ref = reference if reference is not None and reference.numel() else None
-        return self._faces(lq, scale, ref, name)
+            # the writer fixes colours (--writer.color_fix); faces and references as the data module sizes them
+            self._predictor = SRPipeline(self.generator, color_fix="none",
+                                         reference_size=getattr(dm, "reference_size", None) or 512,
+                                         max_faces=getattr(dm, "max_faces", 4))
+        return self._predictor.predict_batch(batch)
 
     # ------------------------------------------------------------------ checkpoints
     def setup(self, stage: str) -> None:
@@ -456,6 +408,17 @@ class SRSystem(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in self._checkpoint_keys}
+        source = getattr(self.generator, "backbone_source", None)
+        if source is not None:  # the backbone's architecture, checked where the weights are loaded elsewhere
+            if self._backbone is None:
+                try:
+                    arch = source.architecture()
+                    self._backbone = {"fingerprint": fingerprint(arch), "architecture": arch}
+                except (OSError, ValueError) as err:  # never a reason to lose a checkpoint
+                    rank_zero_warn(f"backbone architecture not recorded in checkpoints: {err}")
+                    self._backbone = {}
+            if self._backbone:
+                checkpoint["backbone"] = self._backbone
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("state_dict", {})

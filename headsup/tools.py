@@ -4,8 +4,10 @@
     headsup-tools tiny-backbone IMAGES OUT
                                        pretrain the tiny SD stand-in, save it as a diffusers folder
     headsup-tools tiny-weights OUT     random stand-ins of LPIPS/facenet/discriminator weight files (tests, tiny runs)
-    headsup-tools enhance INPUT OUTPUT --weights CKPT [--scale 4] [--reference REF]
-                                       enhance a photo or a folder with a trained checkpoint
+    headsup-tools enhance INPUT OUTPUT --weights EXPORT_OR_CKPT [--backbone SD] [--scale 4] [--reference REF]
+                                       enhance a photo or a folder (needs only the backbone folder)
+    headsup-tools export RUN_OR_CKPT OUT [--raw] [--merged] [--format osediff]
+                                       LoRA safetensors (diffusers/peft) + conv_in + headsup.json
     headsup-tools import-osediff OSEDIFF_PKL OUT --backbone SD_FOLDER [--prompt P] [--overwrite]
                                        OSEDiff's released osediff.pkl -> a checkpoint for predict/test/enhance
     headsup-tools prepare faces ROOT   MTCNN boxes/landmarks of every image -> ROOT/faces.jsonl (resumable)
@@ -258,36 +260,91 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
 
     from headsup.callbacks.predict_writer import PredictWriter
     from headsup.data.datamodule import SRDataModule
-    from headsup.inference.blending import load_checkpoint
+    from headsup.inference.pipeline import PipelineModule, SRPipeline
     from headsup.models.generator import INFERENCE_OPTIONS
 
-    if not Path(args.weights).is_file():
-        raise FileNotFoundError(f"--weights: checkpoint not found: {args.weights}")
     if not Path(args.input).exists():
         raise FileNotFoundError(f"input not found: {args.input}")
-    system = load_checkpoint(args.weights)
-    gen = system.generator
-    for option in INFERENCE_OPTIONS:
-        value = getattr(args, option)
-        if value is not None:
-            setattr(gen, option, value)
-    outscale = None if args.scale is None or args.scale == gen.scale else args.scale
+    if not Path(args.weights).exists():
+        raise FileNotFoundError(f"--weights: not found: {args.weights} (an export folder or a .ckpt)")
+    pipe = SRPipeline.from_pretrained(args.weights, backbone=args.backbone, raw=args.raw,
+                                      **{k: getattr(args, k) for k in INFERENCE_OPTIONS})
+    outscale = None if args.scale is None or args.scale == pipe.scale else args.scale
     writer = PredictWriter(output_dir=args.output, ext=args.ext, suffix=args.suffix, overwrite=args.overwrite,
                            quality=args.quality, color_fix=args.color_fix, outscale=outscale)
     dm = SRDataModule(predict_input=args.input, predict_reference=args.reference, num_workers=args.workers,
                       predict_prompts=args.prompts, predict_prompt=args.prompt, predict_prompt_format=args.prompt_format)
     trainer = L.Trainer(accelerator=args.device, devices=1, precision=args.precision, logger=False,
                         callbacks=[writer], enable_model_summary=False)
-    trainer.predict(system, datamodule=dm, return_predictions=False)
+    trainer.predict(PipelineModule(pipe), datamodule=dm, return_predictions=False)
     return 0
 
 
+def _checkpoint_of(run_or_ckpt: str) -> Path:
+    """A checkpoint file, or a run folder's checkpoints/last.ckpt."""
+    path = Path(run_or_ckpt)
+    if path.is_dir():
+        last = path / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise FileNotFoundError(f"{path} is a folder without checkpoints/last.ckpt (give a run folder of "
+                                    f"`headsup fit` or a .ckpt file)")
+        return last
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint or run folder not found: {path}")
+    return path
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from headsup.inference.export import export_generator, write_merged
+    from headsup.inference.pipeline import ema_weights, generator_from_checkpoint
+    from headsup.models.osediff_import import export_osediff
+
+    ckpt = _checkpoint_of(args.run)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    generator, checkpoint = generator_from_checkpoint(ckpt, backbone=args.backbone, raw=args.raw)
+    weights = "raw" if args.raw or not ema_weights(checkpoint) else "ema"
+    updates = checkpoint.get("state_dict", {}).get("generator_updates")
+    if args.format == "osediff":
+        export_osediff(generator, out, overwrite=args.overwrite)
+        print(f"{out}: {weights} weights of {ckpt} in OSEDiff's .pkl layout")
+        return 0
+    source = {"checkpoint": str(ckpt.resolve()), "generator_updates": None if updates is None else int(updates)}
+    fix = (checkpoint.get("hyper_parameters") or {}).get("eval_color_fix", "adain")
+    export_generator(generator, out, weights=weights, source=source, color_fix=fix, overwrite=args.overwrite)
+    if args.merged:
+        write_merged(generator, out / "merged")
+    print(f"{out}: {weights} weights of {ckpt}" + (" (and merged/, a full diffusers folder)" if args.merged else "")
+          + f"; run it with `headsup-tools enhance INPUT OUTPUT --weights {out} [--backbone SD_FOLDER]`")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="a trained run as LoRA safetensors + headsup.json (diffusers/peft format)")
+    p.add_argument("run", metavar="RUN_OR_CKPT", help="a `headsup fit` run folder (its checkpoints/last.ckpt) "
+                                                      "or a checkpoint file")
+    p.add_argument("out", metavar="OUT", help="export folder to write (a .pkl file with --format osediff)")
+    p.add_argument("--raw", action="store_true", help="the live weights instead of the run's EMA average")
+    p.add_argument("--merged", action="store_true",
+                   help="also write OUT/merged: a full diffusers folder with the LoRA folded in (for tools "
+                        "without LoRA support)")
+    p.add_argument("--format", choices=["headsup", "osediff"], default="headsup",
+                   help="osediff: OSEDiff's osediff.pkl layout (for OSEDiff's own test script)")
+    p.add_argument("--backbone", default=None, help="the backbone folder, if it moved since training")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=_cmd_export)
+
+
 def _add_enhance(sub) -> None:
-    p = sub.add_parser("enhance", help="enhance a photo or folder with a trained checkpoint (headsup predict, "
-                                       "short form)")
+    p = sub.add_parser("enhance", help="enhance a photo or folder with an export or a checkpoint (headsup "
+                                       "predict, short form; needs only the backbone folder)")
     p.add_argument("input", help="image file or folder (searched recursively)")
     p.add_argument("output", help="output folder (the input folder layout is kept)")
-    p.add_argument("--weights", required=True, help="checkpoint written by `headsup fit` (.ckpt)")
+    p.add_argument("--weights", required=True, help="export folder (headsup-tools export) or checkpoint (.ckpt)")
+    p.add_argument("--backbone", default=None, help="local diffusers folder to run on instead of the recorded one "
+                                                    "(same architecture)")
+    p.add_argument("--raw", action="store_true", help="a checkpoint's live weights instead of its EMA average")
     p.add_argument("--scale", type=float, default=None, help="output size / input size (default: the model's)")
     p.add_argument("--reference", default=None, help="reference photo, or folder of them matched by name")
     p.add_argument("--prompts", default=None, help="each input's tags: txt (<stem>.txt beside it) or a .jsonl map")
@@ -351,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_tiny_weights)
     _add_prepare(sub)
     _add_enhance(sub)
+    _add_export(sub)
     p = sub.add_parser("import-osediff", help="OSEDiff's released checkpoint (osediff.pkl) as a headsup checkpoint")
     p.add_argument("pkl", metavar="OSEDIFF_PKL", help="OSEDiff's checkpoint (github.com/cswry/OSEDiff, osediff.pkl)")
     p.add_argument("out", metavar="OUT", help="headsup checkpoint to write (.ckpt)")

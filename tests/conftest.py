@@ -112,3 +112,30 @@ def make_config(tmp_path: Path, samples: Path, backbone: Path, test_crop: int = 
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def ema_run(tmp_path_factory, samples_dir, tiny_sd_dir):
+    """A few updates of a reference model with TrainableEMA (its EMA and live weights far apart); its LQ-only
+    test set is one small photo: (folder, config, the config without the EMA callback, last.ckpt, the photo)."""
+    from PIL import Image
+
+    from headsup.cli import main
+
+    tmp = tmp_path_factory.mktemp("ema_run")
+    photos = tmp / "photos"
+    photos.mkdir()
+    coffee = Image.open(samples_dir / "test" / "general" / "coffee.png").convert("RGB")  # no face: same inputs
+    coffee.resize((48, 32), Image.Resampling.BICUBIC).save(photos / "coffee.png")
+    config = make_config(tmp, samples_dir, tiny_sd_dir, max_steps=4, val_check_interval=1000)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["model"]["generator"]["init_args"]["reference"] = True
+    cfg["model"]["optimizer"]["init_args"]["lr"] = 1.0e-2  # EMA and live weights far apart after 4 updates
+    cfg["data"].update(val_sets=[], test_sets=[{"name": "real", "lq": str(photos), "kind": "general"}],
+                       crop_size=16)
+    without_ema = tmp / "without_ema.yaml"  # the same run's config as a user might write it for predict
+    without_ema.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cfg["trainer"]["callbacks"].append({"class_path": "headsup.callbacks.TrainableEMA", "init_args": {"decay": 0.9}})
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert main(["fit", "--config", str(config)]) == 0
+    return tmp, config, without_ema, tmp / "run" / "checkpoints" / "last.ckpt", photos / "coffee.png"

@@ -22,9 +22,9 @@ from PIL import Image
 from skimage.data import astronaut
 
 import headsup.system  # noqa: F401 - imported first for its warning filters (checkpoints hold trainable weights only)
-from headsup.inference.blending import load_checkpoint
+from headsup.inference.pipeline import generator_from_checkpoint
 from headsup.models.lora import resolve_targets
-from headsup.models.osediff_import import import_osediff, read_osediff_checkpoint
+from headsup.models.osediff_import import REQUIRED_KEYS, UNET_ADAPTERS, import_osediff, read_osediff_checkpoint
 from headsup.tools import main as tools
 
 # the substrings OSEDiff's initialize_unet / initialize_vae look for in parameter names (facts of its release)
@@ -174,7 +174,7 @@ def test_imported_checkpoint_runs_as_osediff_inference(release, tmp_path, capsys
     lq8 = lq_image()
     up8 = np.asarray(Image.fromarray(lq8).resize((256, 256), Image.Resampling.BICUBIC))  # test_osediff.py's upsampling
     reference = osediff_inference(release, up8)
-    gen = load_checkpoint(str(out)).generator.eval()
+    gen = generator_from_checkpoint(out)[0].eval()
     gen.tiling = "never"
     lq = torch.from_numpy(lq8.copy()).permute(2, 0, 1).float()[None] / 255
     with torch.no_grad():
@@ -230,10 +230,29 @@ def test_module_sets_other_than_the_presets_are_imported_by_name(release, tmp_pa
     stored = {m for part in ("encoder", "decoder", "others") for m in release.unet_lists[part]} - {"conv_out"}
     assert isinstance(targets, list) and set(targets) == stored
     assert ckpt["osediff_import"]["targets"] == {"unet": "the stored module names", "vae": "osediff_vae_encoder"}
-    gen = load_checkpoint(str(out)).generator
+    gen = generator_from_checkpoint(out)[0]
     assert set(gen.unet_lora_modules) == stored
     assert torch.equal(gen.unet.down_blocks[0].resnets[0].conv1.lora_A["default"].weight,
                        release.unet.down_blocks[0].resnets[0].conv1.lora_A["default_encoder"].weight)
+
+
+def test_osediff_format_export_round_trips(release, tmp_path):
+    """OSEDiff's .pkl -> a headsup checkpoint -> `export --format osediff`: the same release (every tensor under
+    its key, the same module lists); imported again, the same generator."""
+    ckpt = import_osediff(release.pkl, tmp_path / "imported.ckpt", release.backbone)
+    again = tmp_path / "again.pkl"
+    assert tools(["export", str(ckpt), str(again), "--format", "osediff"]) == 0
+    a, b = (torch.load(p, map_location="cpu", weights_only=True) for p in (release.pkl, again))
+    assert set(b) == set(REQUIRED_KEYS) and (b["rank_unet"], b["rank_vae"]) == (RANK, RANK)
+    for key in UNET_ADAPTERS.values():
+        assert b[key] == a[key], key
+    assert set(b["vae_lora_encoder_modules"]) == set(a["vae_lora_encoder_modules"])
+    for part in ("state_dict_unet", "state_dict_vae"):
+        assert a[part].keys() == b[part].keys(), part
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+    first = generator_from_checkpoint(ckpt)[0]
+    second = generator_from_checkpoint(import_osediff(again, tmp_path / "again.ckpt", release.backbone))[0]
+    assert all(torch.equal(p, dict(second.named_parameters())[n]) for n, p in first.named_parameters())
 
 
 def _write_variant(release, tmp_path, name: str, change) -> Path:

@@ -1,42 +1,20 @@
-"""One checkpoint, one image: `headsup test`, `headsup predict` and `headsup-tools enhance` agree, with the
-run's EMA weights; a reference model predicts under bf16-mixed (face detection stays in fp32)."""
+"""One checkpoint, one image: `headsup test`, `headsup predict`, `headsup-tools enhance` on the checkpoint and on
+its export, and `SRPipeline` from Python agree byte for byte, with the run's EMA weights; a reference model
+predicts under bf16-mixed (face detection stays in fp32)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from headsup.callbacks.ema import averaged_weights
 from headsup.cli import main
-from headsup.data.io import read_image
-from headsup.inference.blending import CheckpointModel, load_checkpoint
+from headsup.data.io import read_image, to_uint
+from headsup.inference.blending import CheckpointModel
+from headsup.inference.pipeline import SRPipeline
 from headsup.tools import main as tools
-from tests.conftest import make_config
-
-
-@pytest.fixture(scope="module")
-def ema_run(tmp_path_factory, samples_dir, tiny_sd_dir):
-    """A few updates of a reference model with TrainableEMA; its LQ-only test set is the photo enhanced below."""
-    tmp = tmp_path_factory.mktemp("ema_run")
-    photos = tmp / "photos"
-    photos.mkdir()
-    coffee = Image.open(samples_dir / "test" / "general" / "coffee.png").convert("RGB")  # no face: same inputs
-    coffee.resize((48, 32), Image.Resampling.BICUBIC).save(photos / "coffee.png")
-    config = make_config(tmp, samples_dir, tiny_sd_dir, max_steps=4, val_check_interval=1000)
-    cfg = yaml.safe_load(config.read_text())
-    cfg["model"]["generator"]["init_args"]["reference"] = True
-    cfg["model"]["optimizer"]["init_args"]["lr"] = 1.0e-2  # EMA and live weights far apart after 4 updates
-    cfg["data"].update(val_sets=[], test_sets=[{"name": "real", "lq": str(photos), "kind": "general"}],
-                       crop_size=16)
-    without_ema = tmp / "without_ema.yaml"  # the same run's config as a user might write it for predict
-    without_ema.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    cfg["trainer"]["callbacks"].append({"class_path": "headsup.callbacks.TrainableEMA", "init_args": {"decay": 0.9}})
-    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    assert main(["fit", "--config", str(config)]) == 0
-    return tmp, config, without_ema, tmp / "run" / "checkpoints" / "last.ckpt", photos / "coffee.png"
 
 
 def _pixels(path) -> np.ndarray:
@@ -55,18 +33,21 @@ def test_test_predict_and_enhance_give_the_same_ema_image(ema_run, tmp_path):
     for name, cfg in (("predict", config), ("predict_plain", without_ema)):
         assert main(["predict", "--config", str(cfg), "--ckpt_path", str(ckpt), "--data.predict_input", str(photo),
                      "--writer.output_dir", str(tmp_path / name), "--writer.color_fix", "none"]) == 0
-    assert tools(["enhance", str(photo), str(tmp_path / "enhance"), "--weights", str(ckpt), "--color-fix", "none",
-                  "--workers", "0", "--device", "cpu"]) == 0
-    images = {name: _pixels(tmp_path / name / "coffee.png") for name in ("predict", "predict_plain", "enhance")}
+    assert tools(["export", str(ckpt), str(tmp_path / "export")]) == 0
+    for name, weights in (("enhance", ckpt), ("enhance_export", tmp_path / "export")):
+        assert tools(["enhance", str(photo), str(tmp_path / name), "--weights", str(weights), "--color-fix", "none",
+                      "--workers", "0", "--device", "cpu"]) == 0
+    names = ("predict", "predict_plain", "enhance", "enhance_export")
+    images = {name: _pixels(tmp_path / name / "coffee.png") for name in names}
+    pipe = SRPipeline.from_pretrained(tmp_path / "export", color_fix="none")  # from Python, quantised as saved
+    sr = pipe(read_image(photo).rgb[None])[0]
+    images["SRPipeline"] = to_uint(sr, 8).astype(np.int16)
     assert tested.shape == (128, 192, 3)
     for name, image in images.items():
         assert np.array_equal(image, tested), f"{name} differs from test by {np.abs(image - tested).max()} levels"
 
     # the live (non-averaged) weights give another image: the one above is the average's
-    system = load_checkpoint(str(ckpt))
-    system.load_state_dict({k: state["state_dict"][k] for k in ema}, strict=False)
-    with torch.no_grad():
-        live = system.generator(read_image(photo).rgb[None])[0]
+    live = SRPipeline.from_pretrained(ckpt, raw=True, color_fix="none")(read_image(photo).rgb[None])[0]
     live = (live.clamp(0, 1) * 255).round().permute(1, 2, 0).numpy().astype(np.int16)
     assert np.abs(live - tested).max() >= 3
 

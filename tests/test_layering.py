@@ -1,12 +1,17 @@
-"""No import circles among headsup's modules (module-level and function-level imports alike).
+"""headsup's import graph: no circles, and no module imports from a layer above its own.
 
-A static walk of every `import headsup...` / `from headsup... import ...` statement with `ast`;
-`from package import submodule` counts as an import of the submodule only.
+Circles: a static walk of every `import headsup...` / `from headsup... import ...` statement with `ast`
+(function-level imports included); `from package import submodule` counts as an import of the
+submodule only. Layers: import-linter's `lint-imports` against the layers contract in pyproject.toml
+(shared/DESIGN.md's order).
 """
 
 from __future__ import annotations
 
 import ast
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "headsup"
@@ -61,3 +66,19 @@ def test_the_walk_finds_circles():
 
 def test_headsup_has_no_import_circles():
     assert _cycle(_graph()) is None, " -> ".join(_cycle(_graph()))
+
+
+def test_no_module_imports_from_a_layer_above_its_own(tmp_path):
+    """import-linter's verdict on the layers contract; a copy of the package with one upward import (models
+    importing the pipeline) breaks it, so the contract is really checked."""
+    lint = Path(sys.executable).parent / "lint-imports"
+    run = subprocess.run([str(lint)], cwd=ROOT.parent, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "1 kept, 0 broken" in run.stdout, run.stdout[-2000:]
+    broken = tmp_path / "headsup"
+    shutil.copytree(ROOT, broken, ignore=shutil.ignore_patterns("__pycache__"))
+    (broken / "models" / "norm.py").write_text((ROOT / "models" / "norm.py").read_text()
+                                                + "\nfrom headsup.inference.pipeline import SRPipeline\n")
+    shutil.copy(ROOT.parent / "pyproject.toml", tmp_path)
+    run = subprocess.run([str(lint)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={"PATH": "", "PYTHONPATH": str(tmp_path)})
+    assert run.returncode == 1 and "headsup.models.norm -> headsup.inference.pipeline" in run.stdout, run.stdout

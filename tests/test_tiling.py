@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from headsup.inference.tiling import gaussian_weight, tile_seam_score, tile_starts, tiled_apply
+from headsup.models.tiling import gaussian_weight, tile_seam_score, tile_starts, tiled_apply
 from headsup.models.generator import OneStepSR
 from headsup.testing.tiny import TinySD
 
@@ -170,7 +170,7 @@ def test_norm_statistics_reach_attention_blocks_that_flatten_the_feature_map():
     # SD's VAE normalises (B, C, h*w) inside its mid-block attention: those statistics are gathered too
     from diffusers import AutoencoderKL
 
-    from headsup.inference.tiling import SyncGroupNorm
+    from headsup.models.tiling import SyncGroupNorm
 
     torch.manual_seed(0)
     vae = AutoencoderKL(block_out_channels=[16, 16], down_block_types=["DownEncoderBlock2D"] * 2,
@@ -194,7 +194,7 @@ def test_norm_statistics_reach_attention_blocks_that_flatten_the_feature_map():
 
 def test_diverging_norm_statistics_fall_back_to_per_tile_normalisation(pretrained, monkeypatch):
     # on random SD 2.1 VAE weights the passes diverge (changes 0.39, then 396): such statistics are not used
-    from headsup.inference import tiling
+    from headsup.models import tiling
 
     gen, lq, _ = pretrained
     z = torch.rand(1, 4, 80, 120)
@@ -209,7 +209,7 @@ def test_diverging_norm_statistics_fall_back_to_per_tile_normalisation(pretraine
 
 def test_blend_weights_fade_to_zero_at_inner_tile_edges_only():
     """A tile's Gaussian blend weight fades to ~0 on sides shared with another tile, not at the image border."""
-    from headsup.inference.tiling import tile_weight
+    from headsup.models.tiling import tile_weight
 
     gauss = gaussian_weight(32, 32)
     w = tile_weight(gauss, 8, top=False, bottom=True, left=False, right=True)  # the top-left tile of a grid

@@ -7,7 +7,8 @@ update has been averaged in, then the live weights are put back. The average is 
 the callback's state in every checkpoint (under `STATE_KEY`); `test`/`predict` with
 `--ckpt_path` read it from there when this callback is configured, and `averaged_weights`
 gives it to every other loader of a checkpoint (`SRSystem` outside `fit`, `headsup-tools
-enhance`, the blending baseline's `CheckpointModel`), so that one checkpoint gives one image.
+enhance` and `SRPipeline` through `headsup.inference.pipeline.checkpoint_weights`), so that one checkpoint
+gives one image.
 (Lightning runs checkpoint callbacks last, so the live weights are back in place before a
 checkpoint is written after validation.)
 """
@@ -17,7 +18,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-STATE_KEY = "TrainableEMA"
+from headsup.inference.pipeline import EMA_KEY as STATE_KEY  # one name for the writer and the readers
+from headsup.inference.pipeline import ema_weights
 
 
 def averaged_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
@@ -27,10 +29,7 @@ def averaged_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
     Args:
         checkpoint: A loaded `headsup fit` checkpoint (the dict of its `.ckpt` file).
     """
-    state = (checkpoint.get("callbacks") or {}).get(STATE_KEY) or {}
-    if not state.get("shadow") or int(state.get("updates", 0)) == 0:
-        return {}
-    return {f"generator.{name}": tensor for name, tensor in state["shadow"].items()}
+    return {f"generator.{name}": tensor for name, tensor in ema_weights(checkpoint).items()}
 
 
 class TrainableEMA(L.Callback):

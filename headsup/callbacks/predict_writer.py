@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from headsup.data.io import save_image
 from headsup.inference.colorfix import color_fix
-from headsup.inference.tiling import tile_seam_score
+from headsup.models.tiling import tile_seam_score
 
 
 class PredictWriter(BasePredictionWriter):

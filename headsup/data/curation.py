@@ -14,12 +14,21 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-if TYPE_CHECKING:  # the net is passed in by the tools layer; data does not import models
-    from headsup.models.identity import IdentityNet
+
+class FaceEmbedder(Protocol):
+    """What `face_embeddings` needs of a face-recognition net (`headsup.models.identity.IdentityNet`, which
+    the tools layer passes in: data does not import models)."""
+
+    def parameters(self): ...
+
+    def crops(self, images: torch.Tensor, landmarks: torch.Tensor, boxes: torch.Tensor | None = None
+              ) -> torch.Tensor: ...
+
+    def embed_aligned(self, crops: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -126,7 +135,7 @@ def folder_identities(records: list[dict]) -> dict[str, str]:
 
 
 @torch.no_grad()
-def face_embeddings(records: list[dict], root: str | os.PathLike, net: IdentityNet,
+def face_embeddings(records: list[dict], root: str | os.PathLike, net: FaceEmbedder,
                     batch_size: int = 32) -> dict[str, torch.Tensor]:
     """Unit-norm embedding of the largest face of each record with a face (cut out as `net` does)."""
     from headsup.data.io import read_image

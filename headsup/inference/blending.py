@@ -5,7 +5,7 @@ For each face (5 landmarks): the LQ face is aligned on the FFHQ 5-point template
 warp), restored by the face model, warped back with the inverse similarity and pasted over the
 background SR through a feathered mask (the aligned square, eroded and blurred, warped the same
 way). Either role can be any SR model mapping (B, 3, h, w) to (B, 3, s*h, s*w): a headsup
-checkpoint (`CheckpointModel`), bicubic upsampling, or the identity (scale 1).
+export or checkpoint (`CheckpointModel`), bicubic upsampling, or the identity (scale 1).
 """
 
 from __future__ import annotations
@@ -32,40 +32,24 @@ class Bicubic(nn.Module):
 
 
 class CheckpointModel(nn.Module):
-    """The generator of a headsup checkpoint (its frozen parts come from the paths in its config),
-    with the run's EMA weights when it has them, as `headsup test` evaluates it.
+    """The generator of a headsup export folder or `headsup fit` checkpoint (`SRPipeline.from_pretrained`: only
+    the generator is built, on its backbone folder), with the run's EMA weights when it has them, as
+    `headsup test` evaluates it.
 
     Args:
-        path: `.ckpt` file written by `headsup fit`.
+        path: Export folder or `.ckpt` file.
+        backbone: A local diffusers folder to run on instead of the recorded one.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, backbone: str | None = None) -> None:
         super().__init__()
-        from pathlib import Path
+        from headsup.inference.pipeline import SRPipeline
 
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        self.generator = load_checkpoint(path).generator.eval()
+        self.generator = SRPipeline.from_pretrained(path, backbone=backbone).generator
         self.scale = self.generator.scale
 
     def forward(self, lq: torch.Tensor) -> torch.Tensor:
         return self.generator(lq)
-
-
-def load_checkpoint(path: str):
-    """An `SRSystem` from a `headsup fit` checkpoint, loaded tensors-only (`weights_only`): a file
-    that would need to run code while unpickling is refused, naming it. The generator gets the
-    run's averaged weights (`TrainableEMA`) when the checkpoint holds them (`SRSystem.on_load_checkpoint`),
-    so `headsup-tools enhance` gives the images of `headsup test` and `headsup predict`."""
-    import pickle
-
-    from headsup.system import SRSystem
-
-    try:
-        return SRSystem.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"{path} holds more than tensors and plain values (loading it could run code), "
-                         f"refused: {str(err).splitlines()[0]}") from err
 
 
 class BlendingBaseline(nn.Module):

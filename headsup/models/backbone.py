@@ -55,6 +55,23 @@ SD21_BASE_VAE = {
 }
 
 
+# The scheduler keys that define the noise schedule (a folder's PNDM/DDIM sampling settings do not matter).
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
+
+
+def architecture(unet: dict, vae: dict, scheduler: dict) -> dict:
+    """What a generator's trained weights depend on in its backbone: the UNet and VAE configs (private
+    `_` keys such as `_name_or_path` left out) and the noise schedule. Not the weights themselves."""
+    public = {part: {k: v for k, v in config.items() if not k.startswith("_")} for part, config in
+              (("unet", unet), ("vae", vae))}
+    return {**public, "scheduler": {k: scheduler[k] for k in SCHEDULE_KEYS if k in scheduler}}
+
+
+def fingerprint(arch: dict) -> str:
+    """A short hash of `architecture(...)` (JSON with sorted keys)."""
+    return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass
 class Backbone:
     """The pretrained parts a one-step generator is built from.
@@ -94,6 +111,10 @@ class BackboneSource:
 
     def release(self) -> None:
         """Drop whatever was kept only to serve later builds (e.g. a loaded text encoder)."""
+
+    def architecture(self) -> dict:
+        """The backbone's `architecture(...)`, read from configs without loading weights."""
+        raise NotImplementedError
 
 
 def _schedule(config: dict) -> tuple[torch.Tensor, str]:
@@ -149,6 +170,21 @@ class DiffusersFolder(BackboneSource):
             if not (root / sub).is_dir():
                 raise FileNotFoundError(f"diffusers folder {root} has no '{sub}/' subfolder")
         return root
+
+    def architecture(self) -> dict:
+        root = self._root()
+        configs = {}
+        for part, file in (("unet", "unet/config.json"), ("vae", "vae/config.json"),
+                           ("scheduler", "scheduler/scheduler_config.json")):
+            path = root / file
+            if part == "scheduler" and not path.is_file():
+                configs[part] = SD_SCHEDULER
+                continue
+            try:
+                configs[part] = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{path}: unreadable diffusers config ({err})") from err
+        return architecture(**configs)
 
     @property
     def has_text_encoder(self) -> bool:
@@ -231,6 +267,9 @@ class FromConfig(BackboneSource):
         alphas_cumprod, prediction_type = _schedule(self.scheduler)
         prompt = torch.zeros(1, self.prompt_length, unet.config.cross_attention_dim)
         return Backbone(vae, unet, alphas_cumprod, prediction_type, prompt)
+
+    def architecture(self) -> dict:
+        return architecture(self.unet, self.vae, self.scheduler)
 
     def embed_prompts(self, prompts: list[str]) -> torch.Tensor:
         """Stand-in embeddings without a text encoder: zeros for the empty prompt, otherwise

@@ -110,7 +110,7 @@ class OneStepSR(nn.Module):
         tile_overlap: Latent pixels shared by neighbouring tiles.
         tile_batch: Tiles per network call.
         norm_passes: Passes that gather whole-image GroupNorm statistics before a tiled stage
-            runs (0: each tile normalises itself; see `headsup.inference.tiling`).
+            runs (0: each tile normalises itself; see `headsup.models.tiling`).
         memory_budget_gb: Memory one stage may use before "auto" tiles it; None: `CUDA_BUDGET_SHARE`
             of the free CUDA memory at call time, or half the available RAM on the CPU.
         merge_lora: At inference, fold the LoRA updates into the base weights (one matmul per
@@ -220,6 +220,7 @@ class OneStepSR(nn.Module):
         self._norms = use_split_group_norm(self.unet) + use_split_group_norm(self.vae)  # off until asked
         self.unet_lora_modules = add_lora(self.unet, self.unet_lora, default="osediff_unet")
         self.vae_lora_modules = add_lora(self.vae, self.vae_lora, default="osediff_vae_encoder")
+        self.train_conv_in = train_conv_in
         if train_conv_in:
             self.unet.conv_in.requires_grad_(True)
         self.vae.decoder.requires_grad_(False)
@@ -368,7 +369,7 @@ class OneStepSR(nn.Module):
 
     def _staged(self, stage: str, fn, x: torch.Tensor, network: nn.Module, factor: Fraction) -> torch.Tensor:
         """fn(x), or fn over tiles of x when `_should_tile` says so (tile sizes in x's pixels)."""
-        from headsup.inference.tiling import tile_edges, tile_grid, tiled_apply
+        from headsup.models.tiling import tile_edges, tile_grid, tiled_apply
 
         tile = self._should_tile(stage, x, factor)
         per_latent = self.vae_factor if stage == "encode" else 1

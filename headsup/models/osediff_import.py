@@ -30,7 +30,6 @@ Differences from OSEDiff's test script that remain:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -42,6 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from headsup.data.io import file_sha256
 from headsup.models.lora import LoRASpec, resolve_targets
 
 OSEDIFF_LORA_ALPHA = 8.0  # OSEDiff's LoraConfig leaves lora_alpha at peft's default
@@ -313,14 +313,6 @@ def osediff_state_dict(ckpt: OSEDiffCheckpoint, generator: nn.Module) -> dict[st
     return out
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def import_osediff(pkl: str | os.PathLike, out: str | os.PathLike, backbone: str | os.PathLike,
                    overwrite: bool = False, prompt: str = "", scale: int = 4) -> Path:
     """Write OSEDiff's released checkpoint `pkl` as a headsup checkpoint `out` on the SD 2.1-base
@@ -362,7 +354,7 @@ def import_osediff(pkl: str | os.PathLike, out: str | os.PathLike, backbone: str
             "eval_color_fix": "adain",
         },
         "osediff_import": {
-            "source": str(ckpt.path.resolve()), "sha256": _sha256(ckpt.path), "rank_unet": ckpt.rank_unet,
+            "source": str(ckpt.path.resolve()), "sha256": file_sha256(ckpt.path), "rank_unet": ckpt.rank_unet,
             "rank_vae": ckpt.rank_vae, "alpha": OSEDIFF_LORA_ALPHA, "unet_modules": len(ckpt.unet_union),
             "vae_modules": len(ckpt.vae_modules), "prompt": prompt,
             "targets": {k: v if isinstance(v, str) else "the stored module names" for k, v in targets.items()},
@@ -372,4 +364,70 @@ def import_osediff(pkl: str | os.PathLike, out: str | os.PathLike, backbone: str
     partial = out.with_name(out.name + ".partial")
     torch.save(checkpoint, partial)
     os.replace(partial, out)
+    return out
+
+
+def osediff_unet_part(module: str) -> str:
+    """Which of OSEDiff's three UNet adapters a module belongs to (its rule on names: the down blocks and
+    conv_in, the up blocks and conv_out, the rest)."""
+    if "down_blocks" in module or "conv_in" in module:
+        return "default_encoder"
+    if "up_blocks" in module or "conv_out" in module:
+        return "default_decoder"
+    return "default_others"
+
+
+def export_osediff(generator: nn.Module, out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write `generator`'s LoRA and conv_in in OSEDiff's `osediff.pkl` layout (the inverse of `import_osediff`):
+    three UNet adapters split by OSEDiff's rule (`osediff_unet_part`), one VAE adapter, peft's parameter
+    names under OSEDiff's adapter names, conv_in's base weights, the ranks.
+
+    Raises:
+        FileExistsError: `out` exists and not `overwrite`.
+        ValueError: a generator OSEDiff's code cannot run: reference conditioning (a wider conv_in), a
+            LoRA alpha other than peft's default 8 (OSEDiff never sets it), a timestep other than 999.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if getattr(generator, "reference", False):
+        raise ValueError("OSEDiff's format has no reference conditioning: this model's conv_in takes a reference")
+    for part in ("unet_lora", "vae_lora"):
+        alpha = getattr(generator, part).alpha
+        if alpha != OSEDIFF_LORA_ALPHA:
+            raise ValueError(f"{part}.alpha is {alpha}: OSEDiff's code builds its LoRA with peft's default alpha "
+                             f"{OSEDIFF_LORA_ALPHA:g}, so it would run this model at another strength")
+    if generator.timestep != 999:
+        raise ValueError(f"the model runs at t = {generator.timestep}; OSEDiff's code calls the UNet at t = 999")
+
+    def adapted(model: nn.Module) -> list[str]:
+        return [n for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+
+    unet_modules = adapted(generator.unet)
+    lists = {adapter: [m for m in unet_modules if osediff_unet_part(m) == adapter] for adapter in UNET_ADAPTERS}
+    owner = {m: osediff_unet_part(m) for m in unet_modules}
+
+    def renamed(name: str, adapter_of) -> str:
+        match = _LORA_KEY.match(name)
+        if match is None:
+            return name
+        return f"{match['module']}.lora_{match['ab']}.{adapter_of(match['module'])}.weight"
+
+    unet_state = {renamed(k, owner.get): v.detach().cpu().clone() for k, v in generator.unet.state_dict().items()
+                  if "lora" in k or "conv_in" in k}
+    vae_state = {renamed(k, lambda _: VAE_ADAPTER): v.detach().cpu().clone()
+                 for k, v in generator.vae.state_dict().items() if "lora" in k}
+    release = {
+        **{key: lists[adapter] for adapter, key in UNET_ADAPTERS.items()},
+        "vae_lora_encoder_modules": adapted(generator.vae),
+        "rank_unet": generator.unet_lora.rank, "rank_vae": generator.vae_lora.rank,
+        "state_dict_unet": unet_state, "state_dict_vae": vae_state,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    torch.save(release, partial)
+    os.replace(partial, out)
+    read_osediff_checkpoint(out)  # what was written reads back as an OSEDiff checkpoint
     return out
