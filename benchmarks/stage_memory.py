@@ -6,7 +6,7 @@ over what was resident before it (on the CPU the Linux high-water mark of the pr
 the call through /proc/self/clear_refs; on a GPU `torch.cuda.max_memory_allocated`), and that peak
 divided by the bytes of the stage's largest feature map (first-level channels at its full
 resolution). The growth of the peak between the two largest sizes, over the growth of that map,
-is the factor `headsup.models.generator.STAGE_PEAK_FACTOR` holds for `tiling: auto` (the fixed
+is the factor `headsup.models.runtime.STAGE_PEAK_FACTOR` holds for `tiling: auto` (the fixed
 part, which the ratio at small sizes includes, does not grow with the image).
 
     python benchmarks/stage_memory.py [--sizes 256 512] [--device cpu|cuda] [--tile-size 64]
@@ -110,7 +110,7 @@ def main() -> None:
 
 
 def gen_factor(stage: str) -> float:
-    from headsup.models.generator import STAGE_PEAK_FACTOR
+    from headsup.models.runtime import STAGE_PEAK_FACTOR
 
     return STAGE_PEAK_FACTOR[stage]
 

@@ -32,7 +32,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E40
 from headsup.callbacks import PredictWriter, ResultsWriter, VersionedSaveConfig  # noqa: E402
 from headsup.data.datamodule import SRDataModule  # noqa: E402
 from headsup.data.io import ImageReadError  # noqa: E402
-from headsup.models.generator import INFERENCE_OPTIONS  # noqa: E402
+from headsup.models.runtime import INFERENCE_OPTIONS  # noqa: E402
 from headsup.system import SRSystem  # noqa: E402
 
 

@@ -261,7 +261,7 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
     from headsup.callbacks.predict_writer import PredictWriter
     from headsup.data.datamodule import SRDataModule
     from headsup.inference.pipeline import PipelineModule, SRPipeline
-    from headsup.models.generator import INFERENCE_OPTIONS
+    from headsup.models.runtime import INFERENCE_OPTIONS
 
     if not Path(args.input).exists():
         raise FileNotFoundError(f"input not found: {args.input}")

@@ -7,7 +7,8 @@ import torch
 from skimage.data import astronaut
 
 from headsup.data.faces import align_faces, soft_face_mask
-from headsup.models.generator import OneStepSR, warp_reference
+from headsup.models.generator import OneStepSR
+from headsup.models.reference import warp_reference
 from headsup.testing.tiny import TinySD
 
 LANDMARKS = torch.tensor([[205.01, 101.73], [246.76, 103.71], [224.67, 128.96], [201.72, 139.25], [245.27, 141.86]])

@@ -231,7 +231,7 @@ def test_default_memory_budget_is_60_percent_of_free_gpu_memory_or_half_the_free
     """Without memory_budget_gb, "auto" budgets 60% of the free GPU memory on CUDA, half the free RAM on the CPU."""
     import os
 
-    from headsup.models import generator as module
+    from headsup.models import runtime as module
 
     assert 0 < module._available_ram() <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # bytes
     gen = OneStepSR(TinySD(), tiling="auto", tile_size=32, tile_overlap=8).eval()

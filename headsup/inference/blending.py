@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from headsup.data.faces import align_faces, paste_mask
-from headsup.models.generator import warp_reference
+from headsup.models.reference import warp_reference
 
 
 class Bicubic(nn.Module):

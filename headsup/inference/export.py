@@ -34,7 +34,8 @@ from torch import nn
 
 from headsup.data.io import file_sha256
 from headsup.models.backbone import BackboneSource, DiffusersFolder, FromConfig, fingerprint
-from headsup.models.generator import INFERENCE_OPTIONS, OneStepSR
+from headsup.models.generator import OneStepSR
+from headsup.models.runtime import INFERENCE_OPTIONS
 from headsup.models.lora import LoRASpec
 
 FORMAT, VERSION = "headsup-export", 1

@@ -26,7 +26,8 @@ from torch import nn
 
 from headsup.inference.colorfix import color_fix as apply_color_fix
 from headsup.inference.export import CONFIG, build_backbone, check_backbone, load_export
-from headsup.models.generator import INFERENCE_OPTIONS, OneStepSR
+from headsup.models.generator import OneStepSR
+from headsup.models.runtime import INFERENCE_OPTIONS
 
 EMA_KEY = "TrainableEMA"  # where `headsup.callbacks.ema.TrainableEMA` keeps its average in a checkpoint
 

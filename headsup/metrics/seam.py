@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 
 from headsup.data.faces import paste_mask
-from headsup.models.generator import warp_reference
+from headsup.models.reference import warp_reference
 
 
 def face_regions(landmarks: torch.Tensor, height: int, width: int, size: int = 512,
