@@ -1,4 +1,6 @@
-"""SRSystem: the LightningModule that trains and evaluates a one-step SR generator.
+"""SRSystem: the LightningModule that trains a one-step SR generator; evaluation goes to an `Evaluator`
+(headsup.metrics.evaluator: scores per set and method, the bicubic row, seams), prediction to an
+`SRPipeline` (headsup.inference.pipeline: faces, references, the fp32 retry).
 
 Training step (manual optimisation): one generator pass; the weighted sum of the
 active objectives' generator losses; one generator update; then each objective
@@ -24,15 +26,12 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torchmetrics import Metric, MetricCollection
 from torchvision.utils import make_grid
 
 from headsup.callbacks.ema import averaged_weights
-from headsup.inference.colorfix import color_fix
 from headsup.inference.pipeline import SRPipeline, batch_conditioning
-from headsup.metrics.full_reference import PSNR, SSIM, ImageCount
+from headsup.metrics.evaluator import Evaluator
 from headsup.metrics.extra import ExtraMetric
-from headsup.metrics.seam import SeamScore
 from headsup.models.backbone import fingerprint
 from headsup.objectives.base import Objective, StepContext
 from headsup.objectives.reconstruction import PixelMSE
@@ -108,14 +107,12 @@ class SRSystem(L.LightningModule):
         self.grad_clip = grad_clip
         self.method = method
         self.log_images = log_images
-        self.eval_metrics = nn.ModuleDict(metrics or {})
+        self.evaluator = Evaluator(metrics, method, eval_color_fix)
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
         self.max_bad_steps = max_bad_steps
         if accumulate < 1:
             raise ValueError(f"model.accumulate must be at least 1, got {accumulate}")
         self.accumulate = accumulate
-        if eval_color_fix not in ("adain", "wavelet", "none"):
-            raise ValueError(f"model.eval_color_fix must be adain, wavelet or none, got '{eval_color_fix}'")
         self.eval_color_fix = eval_color_fix
         self._micro = 0  # batches of the current update done so far
         self._accumulated_bad = False  # a non-finite generator loss in the current update
@@ -124,10 +121,6 @@ class SRSystem(L.LightningModule):
         self.skipped_steps = 0
         self._checkpoint_keys = {n for n, p in self.named_parameters() if p.requires_grad} | {"generator_updates"}
         self._aux_names: list[str] = []
-        self._metrics: dict[str, MetricCollection] = {}
-        self._lq_only: dict[str, int] = {}  # images of LQ-only evaluation sets, per stage/set
-        self._face_metrics: dict[str, SeamScore] = {}  # stage/set/method -> seam score (sets with faces)
-        self._extra: dict[str, Metric] = {}  # stage/set/method/metric -> configured extra metrics
         self.test_results: dict[str, Any] = {}
         self._backbone: dict | None = None  # recorded in checkpoints, computed once
         self._predictor: SRPipeline | None = None  # predict runs through the pipeline, built on first use
@@ -256,103 +249,25 @@ class SRSystem(L.LightningModule):
         return torch.zeros((), device=self.device)
 
     # ------------------------------------------------------------------ evaluation
-    def _metric(self, key: str, crop_border: int) -> MetricCollection:
-        if key not in self._metrics:
-            collection = MetricCollection({
-                "psnr_y": PSNR(crop_border), "ssim_y": SSIM(crop_border),
-                "psnr_rgb": PSNR(crop_border, y_channel=False), "ssim_rgb": SSIM(crop_border, y_channel=False),
-                "images": ImageCount(),
-            })
-            self._metrics[key] = collection
-        return self._metrics[key].to(self.device)
-
     @property
     def metric_settings(self) -> dict:
-        """What the results files record about the configured extra metrics."""
-        return {
-            "metrics": {n: (type(m).__name__ + (f"({m.metric_name})" if hasattr(m, "metric_name") else ""))
-                        for n, m in self.eval_metrics.items()},
-            "unavailable": {n: m.unavailable for n, m in self.eval_metrics.items() if m.unavailable},
-            "color_fix": self.eval_color_fix,
-            "seam": "band 2% of the aligned face square around its border (5% margin), vs rings 2-6%",
-            **({"fid_reference": "each set's own HQ images (as many as its 'images')"}
-               if any(type(m).__name__ == "FIDMetric" for m in self.eval_metrics.values()) else {}),
-        }
-
-    def _seam(self, key: str) -> SeamScore:
-        if key not in self._face_metrics:
-            self._face_metrics[key] = SeamScore()
-        return self._face_metrics[key].to(self.device)
-
-    def _set_name(self, stage: str, dataloader_idx: int) -> str:
-        dm = getattr(self.trainer, "datamodule", None)
-        names = getattr(dm, f"{stage}_names", None) if dm is not None else None
-        return names[dataloader_idx] if names else f"set{dataloader_idx}"
-
-    def _bicubic(self, lq: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(lq, scale_factor=self.generator.scale, mode="bicubic", align_corners=False).clamp(0, 1)
+        """What the results files record about the metrics (`Evaluator.settings`)."""
+        return self.evaluator.settings
 
     def _evaluate(self, stage: str, batch: dict, batch_idx: int, dataloader_idx: int) -> dict:
-        name = self._set_name(stage, dataloader_idx)
-        scale = self.generator.scale
-        sr = self.generator(batch["lq"], **batch_conditioning(self.generator, batch)).float()
-        sr = color_fix(sr, batch["lq"].float(), self.eval_color_fix)
-        bicubic = self._bicubic(batch["lq"].float())
-        hq = batch["hq"].float() if "hq" in batch else None
-        for metric_name, metric in self.eval_metrics.items():
-            if metric.unavailable or (metric.needs_hq and hq is None) or \
-                    (metric.needs_faces and "face_landmarks" not in batch):
-                continue
-            for method, image in ((self.method, sr), ("bicubic", bicubic)):
-                key = f"{stage}/{name}/{method}/{metric_name}"
-                if key not in self._extra:
-                    self._extra[key] = metric.make().to(self.device)
-                metric.update(self._extra[key], image, hq, batch)
-        if hq is None:  # LQ-only set: SR images are kept, full-reference metrics do not apply
-            self._lq_only[f"{stage}/{name}"] = self._lq_only.get(f"{stage}/{name}", 0) + sr.shape[0]
-            return {"set": name, "sr": sr, "names": batch["name"]}
-        self._metric(f"{stage}/{name}/{self.method}", scale).update(sr, hq)
-        self._metric(f"{stage}/{name}/bicubic", scale).update(bicubic, hq)
-        if "face_landmarks" in batch:
-            for method, image in ((self.method, sr), ("bicubic", bicubic)):
-                self._seam(f"{stage}/{name}/{method}").update(image, hq, batch["face_landmarks"], batch["face_valid"])
+        dm = getattr(self.trainer, "datamodule", None)
+        names = getattr(dm, f"{stage}_names", None) if dm is not None else None
+        name = names[dataloader_idx] if names else f"set{dataloader_idx}"
+        sr = self.generator(batch["lq"], **batch_conditioning(self.generator, batch))
+        sr = self.evaluator.update(stage, name, batch, sr, self.generator.scale)
         return {"set": name, "sr": sr, "names": batch["name"]}
 
     def _finish(self, stage: str) -> dict[str, dict[str, dict[str, float]]]:
-        results: dict[str, dict[str, dict[str, float]]] = {}
-        for key, collection in self._metrics.items():
-            if not key.startswith(f"{stage}/"):
-                continue
-            _, name, method = key.split("/")
-            values = {k: float(v) for k, v in collection.compute().items()}
-            count = int(values.pop("images"))  # summed over DDP ranks, like the scores
-            results.setdefault(name, {})[method] = values
-            results[name].setdefault("_images", count)
-            flat = {f"{stage}/{name}/{method}/{metric}": value for metric, value in values.items()}
-            if stage == "val":
-                self.log_dict(flat)
-            elif self.logger is not None:
-                self.logger.log_metrics(flat, step=int(self.generator_updates))
-            collection.reset()
-        self._metrics = {k: v for k, v in self._metrics.items() if not k.startswith(f"{stage}/")}
-        for key in [k for k in self._face_metrics if k.startswith(f"{stage}/")]:
-            metric = self._face_metrics.pop(key)
-            _, name, method = key.split("/")
-            if int(metric.count) and method in results.get(name, {}):
-                results[name][method]["seam"] = float(metric.compute())
-        for key in [k for k in self._extra if k.startswith(f"{stage}/")]:
-            metric = self._extra.pop(key)
-            _, name, method, metric_name = key.split("/")
-            if not (metric.update_called and int(getattr(metric, "count", 1))):
-                continue
-            try:
-                value = float(metric.compute())
-            except (RuntimeError, ValueError) as err:  # e.g. FID of a one-image set
-                warnings.warn(f"{metric_name} on {name} ({method}) not computed: {err}", stacklevel=2)
-                continue
-            results.setdefault(name, {}).setdefault(method, {})[metric_name] = value
-        for key in [k for k in self._lq_only if k.startswith(f"{stage}/")]:
-            results.setdefault(key.split("/", 1)[1], {})["_images"] = self._lq_only.pop(key)
+        results, flat = self.evaluator.finish(stage)
+        if stage == "val":
+            self.log_dict(flat)
+        elif self.logger is not None and flat:
+            self.logger.log_metrics(flat, step=int(self.generator_updates))
         return results
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
