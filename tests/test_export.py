@@ -196,3 +196,20 @@ def test_osediff_format_refuses_what_osediff_cannot_run(ema_run, tmp_path, capsy
     _, _, _, ckpt, _ = ema_run
     assert tools(["export", str(ckpt), str(tmp_path / "osediff.pkl"), "--format", "osediff"]) == 2
     assert "no reference conditioning" in capsys.readouterr().err and not (tmp_path / "osediff.pkl").exists()
+
+
+def test_pipeline_precision_and_options(exported):
+    """bf16 autocast from Python: close to fp32, not equal (it did run in bf16); run-time options are set on
+    the generator, unknown ones refused."""
+    ema, _ = exported
+    lq = _lq()
+    full = SRPipeline.from_pretrained(ema, color_fix="none")(lq)
+    pipe = SRPipeline.from_pretrained(ema, color_fix="none", precision="bf16-mixed", lora_scale=0.5)
+    assert pipe.generator.lora_scale == 0.5
+    pipe.set_options(lora_scale=1.0)
+    half = pipe(lq)
+    assert not torch.equal(half, full) and (half - full).abs().mean() < 0.02
+    with pytest.raises(ValueError, match="unknown run-time option 'tile'"):
+        pipe.set_options(tile=64)
+    with pytest.raises(ValueError, match="precision must be"):
+        SRPipeline(pipe.generator, precision="fp8")

@@ -29,7 +29,8 @@ from headsup.inference.export import CONFIG, build_backbone, check_backbone, loa
 from headsup.models.generator import OneStepSR
 from headsup.models.runtime import INFERENCE_OPTIONS
 
-EMA_KEY = "TrainableEMA"  # where `headsup.callbacks.ema.TrainableEMA` keeps its average in a checkpoint
+EMA_KEY = "TrainableEMA"
+PRECISIONS = {"32": None, "32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # where `headsup.callbacks.ema.TrainableEMA` keeps its average in a checkpoint
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -140,16 +141,22 @@ class SRPipeline:
     Args:
         generator: The SR model (a `OneStepSR`, or any model with a `scale`, e.g. the blending baseline).
         color_fix: Colour correction of `__call__`'s output towards the input: "adain", "wavelet" or "none".
+        precision: `__call__`'s compute precision: "32" (fp32), "bf16-mixed" or "16-mixed" (autocast; an
+            output that is not finite is computed again in fp32). Lightning's `Trainer` sets it for
+            `predict_batch`.
         reference_size: Side of the aligned reference face for face-aware models (as in training).
         max_faces: Face slots filled from detection for face-aware models.
         options: Run-time options of the generator (`INFERENCE_OPTIONS`: tiling, tile_size, merge_lora,
             lora_scale, reference_strength, compile, cuda_graphs, ...); None keeps the generator's.
     """
 
-    def __init__(self, generator: nn.Module, color_fix: str = "adain", reference_size: int = 512,
-                 max_faces: int = 4, **options) -> None:
+    def __init__(self, generator: nn.Module, color_fix: str = "adain", precision: str = "32",
+                 reference_size: int = 512, max_faces: int = 4, **options) -> None:
         if color_fix not in ("adain", "wavelet", "none"):
             raise ValueError(f"color_fix must be adain, wavelet or none, got '{color_fix}'")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+        self.precision = precision
         self.generator = generator
         self.color_fix = color_fix
         self.reference_size, self.max_faces = reference_size, max_faces
@@ -215,7 +222,9 @@ class SRPipeline:
         if self.face_aware and len(lq) > 1:  # faces are found per image
             return torch.cat([self(lq[i : i + 1], reference, None if prompt is None else batch["prompt"][i : i + 1])
                               for i in range(len(lq))])
-        sr, _, _ = self.generate(batch, reference)
+        dtype = PRECISIONS[self.precision]
+        with torch.autocast(lq.device.type, dtype=dtype, enabled=dtype is not None):
+            sr, _, _ = self.generate(batch, reference)
         return apply_color_fix(sr, lq.to(sr), self.color_fix)
 
     # ------------------------------------------------------------------ predict
