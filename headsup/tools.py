@@ -341,7 +341,8 @@ def _add_enhance(sub) -> None:
                                        "predict, short form; needs only the backbone folder)")
     p.add_argument("input", help="image file or folder (searched recursively)")
     p.add_argument("output", help="output folder (the input folder layout is kept)")
-    p.add_argument("--weights", required=True, help="export folder (headsup-tools export) or checkpoint (.ckpt)")
+    p.add_argument("--weights", required=True, help="export folder (headsup-tools export), checkpoint (.ckpt) "
+                                                    "or run folder (its checkpoints/last.ckpt)")
     p.add_argument("--backbone", default=None, help="local diffusers folder to run on instead of the recorded one "
                                                     "(same architecture)")
     p.add_argument("--raw", action="store_true", help="a checkpoint's live weights instead of its EMA average")

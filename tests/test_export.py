@@ -51,12 +51,12 @@ def test_export_loads_to_the_checkpoints_generator(ema_run, exported):
     assert config["source"]["checkpoint"] == str(ckpt.resolve()) and config["source"]["generator_updates"] == 4
     lq = _lq()
     outputs = {}
-    for name, weights, raw_ in (("export", ema, False), ("ckpt", ckpt, False), ("export_raw", raw, False),
-                                ("ckpt_raw", ckpt, True)):
+    for name, weights, raw_ in (("export", ema, False), ("ckpt", ckpt, False), ("run", ckpt.parents[1], False),
+                                ("export_raw", raw, False), ("ckpt_raw", ckpt, True)):
         pipe = SRPipeline.from_pretrained(weights, raw=raw_, color_fix="none")
         assert pipe.generator.reference and not pipe.generator.training
         outputs[name] = pipe(lq)
-    assert torch.equal(outputs["export"], outputs["ckpt"])
+    assert torch.equal(outputs["export"], outputs["ckpt"]) and torch.equal(outputs["run"], outputs["ckpt"])
     assert torch.equal(outputs["export_raw"], outputs["ckpt_raw"])
     assert (outputs["export"] - outputs["export_raw"]).abs().max() > 1e-2  # EMA and live weights differ
 

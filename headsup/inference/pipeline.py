@@ -166,10 +166,10 @@ class SRPipeline:
     @classmethod
     def from_pretrained(cls, weights: str | os.PathLike, backbone: str | os.PathLike | None = None,
                         raw: bool = False, **kwargs) -> SRPipeline:
-        """Build from an export folder (`headsup-tools export`) or a `.ckpt` of `headsup fit`.
+        """Build from an export folder (`headsup-tools export`), a `.ckpt` of `headsup fit` or its run folder.
 
         Args:
-            weights: The export folder or checkpoint file.
+            weights: The export folder, checkpoint file, or run folder (its checkpoints/last.ckpt).
             backbone: A local diffusers folder to run on instead of the recorded one (its architecture
                 must match the recorded fingerprint).
             raw: From a checkpoint: its live weights instead of the EMA average.
@@ -177,6 +177,8 @@ class SRPipeline:
                 defaults to its run's evaluation colour fix.
         """
         weights = Path(weights)
+        if weights.is_dir() and not (weights / CONFIG).exists() and (weights / "checkpoints" / "last.ckpt").is_file():
+            weights = weights / "checkpoints" / "last.ckpt"  # a run folder of `headsup fit`
         if weights.is_dir():
             generator, config = load_export(weights, backbone)
             kwargs.setdefault("color_fix", config.get("eval_color_fix", "adain"))
@@ -186,7 +188,8 @@ class SRPipeline:
             if fix is not None:
                 kwargs.setdefault("color_fix", fix)
         else:
-            raise FileNotFoundError(f"weights not found: {weights} (an export folder with {CONFIG}, or a .ckpt)")
+            raise FileNotFoundError(f"weights not found: {weights} (an export folder with {CONFIG}, a .ckpt, or a "
+                                    f"run folder with checkpoints/last.ckpt)")
         generator.requires_grad_(False)
         return cls(generator.eval(), **kwargs)
 
