@@ -105,7 +105,6 @@ class SRSystem(L.LightningModule):
         self.optimizer_fn = optimizer
         self.lr_scheduler_fn = lr_scheduler
         self.grad_clip = grad_clip
-        self.method = method
         self.log_images = log_images
         self.evaluator = Evaluator(metrics, method, eval_color_fix)
         self.register_buffer("generator_updates", torch.zeros((), dtype=torch.long))
@@ -113,7 +112,6 @@ class SRSystem(L.LightningModule):
         if accumulate < 1:
             raise ValueError(f"model.accumulate must be at least 1, got {accumulate}")
         self.accumulate = accumulate
-        self.eval_color_fix = eval_color_fix
         self._micro = 0  # batches of the current update done so far
         self._accumulated_bad = False  # a non-finite generator loss in the current update
         self._bad_aux: set[str] = set()  # helpers with a non-finite loss in the current update
@@ -250,6 +248,11 @@ class SRSystem(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     @property
+    def method(self) -> str:
+        """Name of this model in result tables (`Evaluator.method`)."""
+        return self.evaluator.method
+
+    @property
     def metric_settings(self) -> dict:
         """What the results files record about the metrics (`Evaluator.settings`)."""
         return self.evaluator.settings
@@ -329,11 +332,15 @@ class SRSystem(L.LightningModule):
                 try:
                     arch = source.architecture()
                     self._backbone = {"fingerprint": fingerprint(arch), "architecture": arch}
-                except (OSError, ValueError) as err:  # never a reason to lose a checkpoint
+                except (OSError, ValueError, NotImplementedError) as err:  # never a reason to lose a checkpoint
                     rank_zero_warn(f"backbone architecture not recorded in checkpoints: {err}")
                     self._backbone = {}
             if self._backbone:
                 checkpoint["backbone"] = self._backbone
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "max_faces"):  # how inference elsewhere sizes faces and references
+            checkpoint["faces"] = {"reference_size": getattr(dm, "reference_size", None) or 512,
+                                   "max_faces": dm.max_faces}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = checkpoint.get("state_dict", {})

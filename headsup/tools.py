@@ -271,9 +271,10 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
                                       **{k: getattr(args, k) for k in INFERENCE_OPTIONS})
     outscale = None if args.scale is None or args.scale == pipe.scale else args.scale
     writer = PredictWriter(output_dir=args.output, ext=args.ext, suffix=args.suffix, overwrite=args.overwrite,
-                           quality=args.quality, color_fix=args.color_fix, outscale=outscale)
+                           quality=args.quality, color_fix=args.color_fix or pipe.color_fix, outscale=outscale)
     dm = SRDataModule(predict_input=args.input, predict_reference=args.reference, num_workers=args.workers,
-                      predict_prompts=args.prompts, predict_prompt=args.prompt, predict_prompt_format=args.prompt_format)
+                      predict_prompts=args.prompts, predict_prompt=args.prompt, predict_prompt_format=args.prompt_format,
+                      max_faces=pipe.max_faces, reference_size=pipe.reference_size)
     trainer = L.Trainer(accelerator=args.device, devices=1, precision=args.precision, logger=False,
                         callbacks=[writer], enable_model_summary=False)
     trainer.predict(PipelineModule(pipe), datamodule=dm, return_predictions=False)
@@ -295,10 +296,14 @@ def _checkpoint_of(run_or_ckpt: str) -> Path:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from headsup.inference.export import export_generator, write_merged
-    from headsup.inference.pipeline import ema_weights, generator_from_checkpoint
+    from headsup.inference.export import export_generator
+    from headsup.inference.pipeline import generator_from_checkpoint
+    from headsup.models.checkpoint import ema_weights
     from headsup.models.osediff_import import export_osediff
 
+    if args.merged and args.format == "osediff":
+        raise ValueError("--merged writes a diffusers folder beside a headsup export; it does not apply to "
+                         "--format osediff")
     ckpt = _checkpoint_of(args.run)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
@@ -312,9 +317,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return 0
     source = {"checkpoint": str(ckpt.resolve()), "generator_updates": None if updates is None else int(updates)}
     fix = (checkpoint.get("hyper_parameters") or {}).get("eval_color_fix", "adain")
-    export_generator(generator, out, weights=weights, source=source, color_fix=fix, overwrite=args.overwrite)
-    if args.merged:
-        write_merged(generator, out / "merged")
+    export_generator(generator, out, weights=weights, source=source, color_fix=fix, faces=checkpoint.get("faces"),
+                     merged=args.merged, overwrite=args.overwrite)
     print(f"{out}: {weights} weights of {ckpt}" + (" (and merged/, a full diffusers folder)" if args.merged else "")
           + f"; run it with `headsup-tools enhance INPUT OUTPUT --weights {out} [--backbone SD_FOLDER]`")
     return 0
@@ -355,7 +359,8 @@ def _add_enhance(sub) -> None:
     p.add_argument("--ext", default=None, choices=[".png", ".jpg", ".webp", ".tif"], help="output format (png)")
     p.add_argument("--suffix", default="", help="appended to each output file stem")
     p.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
-    p.add_argument("--color-fix", default="adain", choices=["adain", "wavelet", "none"])
+    p.add_argument("--color-fix", default=None, choices=["adain", "wavelet", "none"],
+                   help="colour correction towards the input (default: the run's evaluation colour fix)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (kept by default)")
     p.add_argument("--precision", default="32-true", help="Lightning precision: 32-true, bf16-mixed, 16-mixed")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")

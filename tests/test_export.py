@@ -18,6 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
+from safetensors.torch import load_file, save_file
+
+from headsup.data.io import file_sha256
 from headsup.inference.export import CONFIG, CONV_IN, UNET_LORA, VAE_LORA, load_export
 from headsup.inference.pipeline import SRPipeline
 from headsup.tools import main as tools
@@ -87,9 +90,9 @@ def test_lora_files_load_into_fresh_diffusers_models(tiny_sd_dir, exported):
         assert torch.allclose(unet(x, t, cond).sample, generator.unet(x, t, cond).sample, atol=1e-5)
         assert torch.allclose(vae.encode(image).latent_dist.mode(), generator.vae.encode(image).latent_dist.mode(),
                               atol=1e-5)
-        # the LoRA matters: without it the UNet computes something else
-        plain = UNet2DConditionModel.from_pretrained(tiny_sd_dir, subfolder="unet", local_files_only=True)
-        assert not torch.allclose(plain(x[:, :4], t, cond).sample, generator.unet(x, t, cond).sample, atol=1e-3)
+        # the LoRA matters: the same UNet with it switched off computes something else
+        unet.disable_adapters()
+        assert not torch.allclose(unet(x, t, cond).sample, generator.unet(x, t, cond).sample, atol=1e-3)
 
 
 def test_merged_folder_runs_as_plain_diffusers_parts(exported):
@@ -154,6 +157,17 @@ def test_corrupt_or_partial_export_names_the_file(exported, tmp_path, capsys):
         SRPipeline.from_pretrained(bad_json)
     with pytest.raises(FileNotFoundError, match="has no headsup.json"):
         SRPipeline.from_pretrained(tmp_path)
+    consistent = copy("missing_key")  # a well-formed file without a tensor the generator needs
+    tensors = load_file(consistent / VAE_LORA)
+    dropped = sorted(tensors)[0]
+    save_file({k: v for k, v in tensors.items() if k != dropped}, consistent / VAE_LORA)
+    config = json.loads((consistent / CONFIG).read_text())
+    config["files"][VAE_LORA] = file_sha256(consistent / VAE_LORA)
+    (consistent / CONFIG).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"{VAE_LORA} has no '{re.escape(dropped)}'"):
+        SRPipeline.from_pretrained(consistent)
+    with pytest.raises(ValueError, match="not the raw ones"):
+        SRPipeline.from_pretrained(ema, raw=True)
     # the command line says the same, and an existing export is not overwritten
     assert tools(["enhance", str(ema), str(tmp_path / "x"), "--weights", str(truncated)]) == 2
     assert f"{UNET_LORA} is corrupt" in capsys.readouterr().err
@@ -161,6 +175,50 @@ def test_corrupt_or_partial_export_names_the_file(exported, tmp_path, capsys):
     assert tools(["export", str(tmp_path / "nowhere.ckpt"), str(ema)]) == 2
     assert tools(["export", str(ema), str(ema)]) == 2  # a folder without checkpoints/last.ckpt
     assert (ema / CONFIG).read_text() == before
+
+
+def test_overwrite_replaces_only_an_export(ema_run, exported, tmp_path, capsys):
+    _, _, _, ckpt, _ = ema_run
+    target = tmp_path / "export"
+    assert tools(["export", str(ckpt), str(target), "--raw"]) == 0
+    capsys.readouterr()
+    assert tools(["export", str(ckpt), str(target)]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert json.loads((target / CONFIG).read_text())["weights"] == "raw"  # kept
+    assert tools(["export", str(ckpt), str(target), "--overwrite"]) == 0
+    assert json.loads((target / CONFIG).read_text())["weights"] == "ema" and not list(tmp_path.glob("*.replaced"))
+    other = tmp_path / "notes"  # any other folder is never replaced, --overwrite or not
+    other.mkdir()
+    (other / "mine.txt").write_text("keep me")
+    assert tools(["export", str(ckpt), str(other), "--overwrite"]) == 2
+    assert "not an export folder" in capsys.readouterr().err and (other / "mine.txt").read_text() == "keep me"
+    assert tools(["export", str(ckpt), str(ckpt.parents[1] / "x.pkl"), "--format", "osediff", "--merged"]) == 2
+
+
+def test_a_merged_or_rescaled_generator_exports_its_trained_weights(tmp_path):
+    """The LoRA is exported as trained: after an inference call with merge_lora and lora_scale, the export
+    (a model without reference, on a FromConfig backbone) loads to the unmerged generator's output."""
+    from headsup.inference.export import export_generator
+    from headsup.models.generator import OneStepSR
+    from headsup.testing.tiny import TinySD
+
+    generator = OneStepSR(TinySD(), upsample="bicubic").eval()
+    with torch.no_grad():
+        for name, p in generator.named_parameters():
+            if "lora_B" in name or name.startswith("unet.conv_in.base_layer"):  # what training changes
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+        lq = _lq()
+        expected = generator(lq)
+        generator.merge_lora, generator.lora_scale = True, 0.5
+        generator(lq)  # merged at strength 0.5 now
+        assert generator._merged and generator._lora_scale_applied == 0.5
+        export_generator(generator, tmp_path / "export", weights="raw", merged=True)
+        assert generator._merged and generator._lora_scale_applied == 0.5  # its state is put back
+        loaded, config = load_export(tmp_path / "export")
+        assert config["backbone"]["class"] == "FromConfig" and not config["generator"]["reference"]
+        assert config["generator"]["merge_lora"] is True and config["generator"]["lora_scale"] == 0.5
+        loaded.merge_lora, loaded.lora_scale = False, 1.0
+        # equal up to the rounding of a merge and unmerge (a base weight carrying the LoRA twice is off by ~0.5)
+        assert torch.allclose(loaded.eval()(lq), expected, atol=1e-5)
 
 
 def test_enhance_needs_only_the_backbone(tmp_path, samples_dir, tiny_sd_dir, tiny_weights):

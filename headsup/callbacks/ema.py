@@ -7,7 +7,7 @@ update has been averaged in, then the live weights are put back. The average is 
 the callback's state in every checkpoint (under `STATE_KEY`); `test`/`predict` with
 `--ckpt_path` read it from there when this callback is configured, and `averaged_weights`
 gives it to every other loader of a checkpoint (`SRSystem` outside `fit`, `headsup-tools
-enhance` and `SRPipeline` through `headsup.inference.pipeline.checkpoint_weights`), so that one checkpoint
+enhance` and `SRPipeline` through `headsup.models.checkpoint.checkpoint_weights`), so that one checkpoint
 gives one image.
 (Lightning runs checkpoint callbacks last, so the live weights are back in place before a
 checkpoint is written after validation.)
@@ -18,8 +18,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from headsup.inference.pipeline import EMA_KEY as STATE_KEY  # one name for the writer and the readers
-from headsup.inference.pipeline import ema_weights
+from headsup.models.checkpoint import EMA_KEY as STATE_KEY  # one name for the writer and the readers
+from headsup.models.checkpoint import ema_weights
 
 
 def averaged_weights(checkpoint: dict) -> dict[str, torch.Tensor]:

@@ -43,8 +43,9 @@ CONFIG = "headsup.json"
 UNET_LORA, VAE_LORA, CONV_IN = "unet_lora.safetensors", "vae_lora.safetensors", "conv_in.safetensors"
 ADAPTER = "default"  # the adapter name `add_lora` gives the generator's LoRA
 # the generator settings an export records (besides the backbone): the method's and the run-time options
-GENERATOR_SETTINGS = ("scale", "timestep", "unet_lora", "vae_lora", "train_conv_in", "sample_latent", "upsample",
-                      "train_upsample", "reference", "reference_dropout", *INFERENCE_OPTIONS)
+GENERATOR_SETTINGS = tuple(dict.fromkeys(("scale", "timestep", "unet_lora", "vae_lora", "train_conv_in", "sample_latent",
+                                           "upsample", "train_upsample", "reference", "reference_dropout",
+                                           *INFERENCE_OPTIONS)))
 BACKBONES = {"DiffusersFolder": DiffusersFolder, "FromConfig": FromConfig}
 
 
@@ -71,16 +72,15 @@ def exported_parameters(generator: OneStepSR) -> dict[str, nn.Parameter]:
 
 def backbone_spec(source: BackboneSource) -> dict:
     """How `source` is rebuilt: its class name and constructor arguments."""
-    name = type(source).__name__
-    if name == "DiffusersFolder":
-        args = {"path": str(Path(source.path).expanduser().resolve()), "prompt": source.prompt,
-                "max_cached_prompts": source.max_cached}
-    elif name == "FromConfig":
-        args = {"unet": source.unet, "vae": source.vae, "scheduler": source.scheduler,
-                "prompt_length": source.prompt_length, "seed": source.seed}
-    else:
-        raise ValueError(f"an export records DiffusersFolder or FromConfig backbones, not {name}")
-    return {"class": name, "init_args": args}
+    if isinstance(source, DiffusersFolder):
+        return {"class": "DiffusersFolder", "init_args": {"path": str(Path(source.path).expanduser().resolve()),
+                                                          "prompt": source.prompt,
+                                                          "max_cached_prompts": source.max_cached}}
+    if isinstance(source, FromConfig):  # subclasses (the tiny stand-in) are their configs
+        return {"class": "FromConfig", "init_args": {"unet": source.unet, "vae": source.vae,
+                                                     "scheduler": source.scheduler,
+                                                     "prompt_length": source.prompt_length, "seed": source.seed}}
+    raise ValueError(f"an export records DiffusersFolder or FromConfig backbones, not {type(source).__name__}")
 
 
 def generator_settings(generator: OneStepSR) -> dict:
@@ -102,12 +102,23 @@ def _quiet_diffusers():
         logger.setLevel(level)
 
 
+def _replaceable(out: Path, keep: list[Path]) -> None:
+    """Refuse to replace `out` unless it is an earlier export folder holding nothing of `keep`."""
+    if not out.is_dir() or not (out / CONFIG).is_file():
+        raise FileExistsError(f"{out} exists and is not an export folder (no {CONFIG}): not replaced")
+    for path in keep:
+        if path.resolve().is_relative_to(out.resolve()):
+            raise FileExistsError(f"{out} holds {path}, which the export reads: not replaced")
+
+
 def export_generator(generator: OneStepSR, out: str | os.PathLike, weights: str = "ema", source: dict | None = None,
-                     color_fix: str = "adain", overwrite: bool = False) -> Path:
+                     color_fix: str = "adain", faces: dict | None = None, merged: bool = False,
+                     overwrite: bool = False) -> Path:
     """Write `generator`'s trained weights and settings as an export folder `out` (see the module docstring).
 
-    The folder is written beside `out` under a temporary name and renamed when complete, so an
-    interrupted export leaves no partial folder under `out`.
+    The folder is written beside `out` as `OUT.partial` (the export's scratch name) and renamed when
+    complete, so an interrupted export leaves no partial folder under `out`. The LoRA is exported as
+    trained (unmerged, at strength 1) whatever the generator's run-time state.
 
     Args:
         generator: The generator, with the weights to export in place.
@@ -115,36 +126,43 @@ def export_generator(generator: OneStepSR, out: str | os.PathLike, weights: str 
         weights: Which weights these are ("ema" or "raw"), recorded.
         source: Where they came from (checkpoint path, generator updates), recorded.
         color_fix: The evaluation colour fix of the run, recorded as the default of loaders.
-        overwrite: Replace an existing `out`.
+        faces: The run's face settings for inference (`reference_size`, `max_faces`), recorded.
+        merged: Also write `OUT/merged`, a full diffusers folder with the LoRA folded in (`write_merged`).
+        overwrite: Replace an existing export folder `out` (never another folder, nor one holding the
+            checkpoint or the backbone).
 
     Raises:
-        FileExistsError: `out` exists and not `overwrite`.
+        FileExistsError: `out` exists and may not be replaced.
     """
     from safetensors.torch import load_file, save_file
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    params = exported_parameters(generator)
-    expected: dict[str, dict[str, torch.Tensor]] = {}
-    for name, param in params.items():
-        file, key = export_name(name)
-        expected.setdefault(file, {})[key] = param.detach()
-    trained = [n for n, p in generator.named_parameters() if p.requires_grad and n not in params]
+    source_ = generator.backbone_source
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        keep = [Path(p) for p in ((source or {}).get("checkpoint"), getattr(source_, "path", None)) if p]
+        _replaceable(out, keep)
+    trained = [n for n, p in generator.named_parameters()
+               if p.requires_grad and n not in exported_parameters(generator)]
     if trained:
         export_name(trained[0])  # raises, naming it
-    source_ = generator.backbone_source
     arch = source_.architecture()
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with _quiet_diffusers():
-        generator.unet.save_lora_adapter(tmp, adapter_name=ADAPTER, weight_name=UNET_LORA)
-        generator.vae.save_lora_adapter(tmp, adapter_name=ADAPTER, weight_name=VAE_LORA)
-    save_file({k: v.contiguous().cpu() for k, v in expected[CONV_IN].items()}, tmp / CONV_IN)
+    with generator.as_trained():
+        expected: dict[str, dict[str, torch.Tensor]] = {}
+        for name, param in exported_parameters(generator).items():
+            file, key = export_name(name)
+            expected.setdefault(file, {})[key] = param.detach().cpu().clone()
+        with _quiet_diffusers():
+            generator.unet.save_lora_adapter(tmp, adapter_name=ADAPTER, weight_name=UNET_LORA)
+            generator.vae.save_lora_adapter(tmp, adapter_name=ADAPTER, weight_name=VAE_LORA)
+    save_file({k: v.contiguous() for k, v in expected[CONV_IN].items()}, tmp / CONV_IN)
     for file, tensors in expected.items():  # the written files hold exactly the generator's tensors
         written = load_file(tmp / file)
-        if set(written) != set(tensors) or any(not torch.equal(written[k], v.cpu()) for k, v in tensors.items()):
+        if set(written) != set(tensors) or any(not torch.equal(written[k], v) for k, v in tensors.items()):
             raise RuntimeError(f"{file} was not written as expected (keys {sorted(set(written) ^ set(tensors))[:3]})")
     config = {
         "format": FORMAT, "version": VERSION,
@@ -153,12 +171,18 @@ def export_generator(generator: OneStepSR, out: str | os.PathLike, weights: str 
         "weights": weights,
         "source": source or {},
         "eval_color_fix": color_fix,
+        "faces": faces or {},
         "files": {file: file_sha256(tmp / file) for file in (UNET_LORA, VAE_LORA, CONV_IN)},
     }
+    if merged:
+        write_merged(generator, tmp / "merged")
     (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    old = out.with_name(out.name + ".replaced")
     if out.exists():
-        shutil.rmtree(out)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)  # the earlier export stays until the new one is in place
     os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
     return out
 
 
@@ -277,8 +301,8 @@ def load_export(folder: str | os.PathLike, backbone: str | os.PathLike | None = 
 
 
 def write_merged(generator: OneStepSR, out: str | os.PathLike) -> Path:
-    """A full diffusers folder at `out` with the LoRA folded into the base weights, for tools that cannot
-    apply LoRA: unet/ (its conv_in as trained, widened where the model takes a reference) and vae/, plus
+    """A full diffusers folder at `out` with the LoRA folded into the base weights (at strength 1, as
+    trained), for tools that cannot apply LoRA: unet/ (its conv_in as trained, widened where the model takes a reference) and vae/, plus
     the backbone folder's other parts (scheduler, text encoder, tokenizer, model_index.json) copied. Written
     under a temporary name and renamed when complete.
 
@@ -292,17 +316,14 @@ def write_merged(generator: OneStepSR, out: str | os.PathLike) -> Path:
         raise FileExistsError(f"{out} exists")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    was_merged = generator._merged
-    generator.set_lora_merged(True)
-    try:
+    with generator.as_trained():  # folded at strength 1, as trained, whatever lora_scale says
+        generator.set_lora_merged(True)
         for part, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL)):
             model = getattr(generator, part)
             state = {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items() if ".lora_" not in k}
             plain = cls.from_config(model.config)
             plain.load_state_dict(state)
             plain.save_pretrained(tmp / part)
-    finally:
-        generator.set_lora_merged(was_merged)
     source = generator.backbone_source
     root = Path(source.path).expanduser() if hasattr(source, "path") else None
     for name in ("scheduler", "text_encoder", "tokenizer", "feature_extractor", "model_index.json"):

@@ -16,7 +16,6 @@ fp32 retry of a non-finite reduced-precision output, notes on what could not be 
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import lightning as L
@@ -26,43 +25,11 @@ from torch import nn
 
 from headsup.inference.colorfix import color_fix as apply_color_fix
 from headsup.inference.export import CONFIG, build_backbone, check_backbone, load_export
+from headsup.models.checkpoint import checkpoint_weights, read_checkpoint
 from headsup.models.generator import OneStepSR
 from headsup.models.runtime import INFERENCE_OPTIONS
 
-EMA_KEY = "TrainableEMA"
-PRECISIONS = {"32": None, "32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # where `headsup.callbacks.ema.TrainableEMA` keeps its average in a checkpoint
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """A `headsup fit` checkpoint's dict, loaded tensors-only (`weights_only`): a file that would need to
-    run code while unpickling is refused, naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(f"{path} holds more than tensors and plain values (loading it could run code), "
-                         f"refused: {str(err).splitlines()[0]}") from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise ValueError(f"{path} is not a readable checkpoint: {err}") from err
-
-
-def ema_weights(checkpoint: dict) -> dict[str, torch.Tensor]:
-    """The run's EMA average of the generator's trained tensors (`TrainableEMA`, keys without "generator."),
-    empty where the run had none or averaged no update yet."""
-    ema = (checkpoint.get("callbacks") or {}).get(EMA_KEY) or {}
-    return dict(ema["shadow"]) if ema.get("shadow") and int(ema.get("updates", 0)) > 0 else {}
-
-
-def checkpoint_weights(checkpoint: dict, raw: bool = False) -> dict[str, torch.Tensor]:
-    """The generator's trained tensors in a checkpoint (keys without "generator."): the run's EMA average
-    where it has one and not `raw`, else the live weights."""
-    state = {k.removeprefix("generator."): v for k, v in checkpoint.get("state_dict", {}).items()
-             if k.startswith("generator.")}
-    if not raw:
-        state.update({k: v for k, v in ema_weights(checkpoint).items() if k in state})
-    return state
+PRECISIONS = {"32": None, "32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def generator_from_checkpoint(path: str | os.PathLike, backbone: str | os.PathLike | None = None,
@@ -181,15 +148,21 @@ class SRPipeline:
             weights = weights / "checkpoints" / "last.ckpt"  # a run folder of `headsup fit`
         if weights.is_dir():
             generator, config = load_export(weights, backbone)
-            kwargs.setdefault("color_fix", config.get("eval_color_fix", "adain"))
+            if raw and config.get("weights") != "raw":
+                raise ValueError(f"{weights} holds the run's {config.get('weights')} weights, not the raw ones: "
+                                 f"export them with `headsup-tools export --raw`")
+            fix, faces = config.get("eval_color_fix"), config.get("faces") or {}
         elif weights.is_file():
             generator, checkpoint = generator_from_checkpoint(weights, backbone, raw)
-            fix = (checkpoint.get("hyper_parameters") or {}).get("eval_color_fix")
-            if fix is not None:
-                kwargs.setdefault("color_fix", fix)
+            fix, faces = (checkpoint.get("hyper_parameters") or {}).get("eval_color_fix"), checkpoint.get("faces") or {}
         else:
             raise FileNotFoundError(f"weights not found: {weights} (an export folder with {CONFIG}, a .ckpt, or a "
                                     f"run folder with checkpoints/last.ckpt)")
+        if fix is not None:
+            kwargs.setdefault("color_fix", fix)
+        for key in ("reference_size", "max_faces"):  # as the run's data module sized them
+            if faces.get(key) is not None:
+                kwargs.setdefault(key, faces[key])
         generator.requires_grad_(False)
         return cls(generator.eval(), **kwargs)
 
@@ -198,9 +171,17 @@ class SRPipeline:
         unknown = sorted(set(options) - set(INFERENCE_OPTIONS))
         if unknown:
             raise ValueError(f"unknown run-time option '{unknown[0]}' (known: {', '.join(INFERENCE_OPTIONS)})")
-        for key, value in options.items():
-            if value is not None:
+        given = {k: v for k, v in options.items() if v is not None}
+        before = {k: getattr(self.generator, k) for k in given}
+        for key, value in given.items():
+            setattr(self.generator, key, value)
+        try:
+            if hasattr(self.generator, "check_runtime"):
+                self.generator.check_runtime()
+        except ValueError:
+            for key, value in before.items():
                 setattr(self.generator, key, value)
+            raise
 
     @property
     def scale(self) -> int:

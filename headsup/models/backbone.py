@@ -64,7 +64,8 @@ def architecture(unet: dict, vae: dict, scheduler: dict) -> dict:
     `_` keys such as `_name_or_path` left out) and the noise schedule. Not the weights themselves."""
     public = {part: {k: v for k, v in config.items() if not k.startswith("_")} for part, config in
               (("unet", unet), ("vae", vae))}
-    return {**public, "scheduler": {k: scheduler[k] for k in SCHEDULE_KEYS if k in scheduler}}
+    full = DDPMScheduler.from_config({k: v for k, v in scheduler.items() if not k.startswith("_")}).config
+    return {**public, "scheduler": {k: full[k] for k in SCHEDULE_KEYS}}  # unset keys at diffusers' defaults
 
 
 def fingerprint(arch: dict) -> str:

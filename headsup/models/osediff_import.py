@@ -415,10 +415,11 @@ def export_osediff(generator: nn.Module, out: str | os.PathLike, overwrite: bool
             return name
         return f"{match['module']}.lora_{match['ab']}.{adapter_of(match['module'])}.weight"
 
-    unet_state = {renamed(k, owner.get): v.detach().cpu().clone() for k, v in generator.unet.state_dict().items()
-                  if "lora" in k or "conv_in" in k}
-    vae_state = {renamed(k, lambda _: VAE_ADAPTER): v.detach().cpu().clone()
-                 for k, v in generator.vae.state_dict().items() if "lora" in k}
+    with generator.as_trained():  # unmerged: a merged conv_in base weight would carry its LoRA twice
+        unet_state = {renamed(k, owner.get): v.detach().cpu().clone() for k, v in generator.unet.state_dict().items()
+                      if "lora" in k or "conv_in" in k}
+        vae_state = {renamed(k, lambda _: VAE_ADAPTER): v.detach().cpu().clone()
+                     for k, v in generator.vae.state_dict().items() if "lora" in k}
     release = {
         **{key: lists[adapter] for adapter, key in UNET_ADAPTERS.items()},
         "vae_lora_encoder_modules": adapted(generator.vae),
@@ -428,6 +429,6 @@ def export_osediff(generator: nn.Module, out: str | os.PathLike, overwrite: bool
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     torch.save(release, partial)
+    read_osediff_checkpoint(partial)  # what was written reads back as an OSEDiff checkpoint, before it replaces
     os.replace(partial, out)
-    read_osediff_checkpoint(out)  # what was written reads back as an OSEDiff checkpoint
     return out

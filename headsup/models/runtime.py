@@ -11,6 +11,7 @@ merges or records. Attributes are the `OneStepSR` constructor's options of the s
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from fractions import Fraction
 
 import torch
@@ -87,10 +88,6 @@ class InferenceRuntime:
     def _init_runtime(self, tiling: str, tile_size: int, tile_overlap: int, tile_batch: int, norm_passes: int,
                       memory_budget_gb: float | None, merge_lora: bool, lora_scale: float, reference_strength: float,
                       channels_last: bool, compile: bool, cuda_graphs: bool, split_group_norm: bool) -> None:
-        if tiling not in ("auto", "always", "never"):
-            raise ValueError(f"tiling must be 'auto', 'always' or 'never', got '{tiling}'")
-        if not 0 <= tile_overlap < tile_size:
-            raise ValueError(f"tile_overlap must be within [0, tile_size), got {tile_overlap} for {tile_size}")
         self.tiling, self.tile_size, self.tile_overlap, self.tile_batch = tiling, tile_size, tile_overlap, tile_batch
         self.norm_passes, self.memory_budget_gb = norm_passes, memory_budget_gb
         self.merge_lora, self.lora_scale, self.reference_strength = merge_lora, lora_scale, reference_strength
@@ -101,6 +98,33 @@ class InferenceRuntime:
         # per stage of the last inference call: None (untiled) or the tile edges (rows, cols) in output pixels
         self.last_tiling: dict[str, tuple[list[int], list[int]] | None] = {}
         self._norms = use_split_group_norm(self.unet) + use_split_group_norm(self.vae)  # off until asked
+        self.check_runtime()
+
+    def check_runtime(self) -> None:
+        """Refuse run-time options that cannot work (after setting them as attributes)."""
+        if self.tiling not in ("auto", "always", "never"):
+            raise ValueError(f"tiling must be 'auto', 'always' or 'never', got '{self.tiling}'")
+        if not 0 <= self.tile_overlap < self.tile_size:
+            raise ValueError(f"tile_overlap must be within [0, tile_size), got {self.tile_overlap} for {self.tile_size}")
+        if getattr(self, "upsample", "bicubic") not in ("bicubic", "pil_bicubic"):
+            raise ValueError(f"upsample must be 'bicubic' or 'pil_bicubic', got '{self.upsample}'")
+        if self.tile_batch < 1 or self.norm_passes < 0:
+            raise ValueError(f"tile_batch must be at least 1 and norm_passes at least 0, got {self.tile_batch} and "
+                             f"{self.norm_passes}")
+
+    @contextmanager
+    def as_trained(self):
+        """The weights as trained for the duration: LoRA unmerged and at strength 1 (what exports and
+        checkpoints must hold; a merged base weight would carry the update twice once loaded). Restored
+        afterwards."""
+        merged, scale = self._merged, self._lora_scale_applied
+        self._set_lora_scale(1.0)
+        self.set_lora_merged(False)
+        try:
+            yield self
+        finally:
+            self._set_lora_scale(scale)
+            self.set_lora_merged(merged)
 
     def train(self, mode: bool = True):
         super().train(mode)
