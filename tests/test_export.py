@@ -62,6 +62,28 @@ def test_export_loads_to_the_checkpoints_generator(ema_run, exported):
     assert torch.equal(outputs["export"], outputs["ckpt"]) and torch.equal(outputs["run"], outputs["ckpt"])
     assert torch.equal(outputs["export_raw"], outputs["ckpt_raw"])
     assert (outputs["export"] - outputs["export_raw"]).abs().max() > 1e-2  # EMA and live weights differ
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    for weights in (ema, ckpt):  # the run's colour fix and face settings are the pipeline's defaults
+        pipe = SRPipeline.from_pretrained(weights)
+        assert pipe.color_fix == state["hyper_parameters"]["eval_color_fix"] == config["eval_color_fix"]
+        assert (pipe.reference_size, pipe.max_faces) == tuple(state["faces"][k] for k in ("reference_size",
+                                                                                          "max_faces"))
+    two = torch.cat([lq, lq.flip(-1)])  # a face-aware model's batch is taken one image at a time
+    batch = SRPipeline.from_pretrained(ema, color_fix="none")(two)
+    assert torch.equal(batch[:1], outputs["export"]) and batch.shape == (2, *outputs["export"].shape[1:])
+
+
+def test_ema_weights_only_once_an_update_was_averaged():
+    from headsup.models.checkpoint import EMA_KEY, checkpoint_weights
+
+    live, average = torch.zeros(2), torch.ones(2)
+    checkpoint = {"state_dict": {"generator.w": live, "generator_updates": torch.tensor(3)},
+                  "callbacks": {EMA_KEY: {"shadow": {"w": average}, "updates": 0}}}
+    assert torch.equal(checkpoint_weights(checkpoint)["w"], live)  # nothing averaged yet: the live weights
+    checkpoint["callbacks"][EMA_KEY]["updates"] = 2
+    assert torch.equal(checkpoint_weights(checkpoint)["w"], average)
+    assert torch.equal(checkpoint_weights(checkpoint, raw=True)["w"], live)
+    assert set(checkpoint_weights(checkpoint)) == {"w"}
 
 
 def test_lora_files_load_into_fresh_diffusers_models(tiny_sd_dir, exported):
@@ -165,6 +187,11 @@ def test_corrupt_or_partial_export_names_the_file(exported, tmp_path, capsys):
     config["files"][VAE_LORA] = file_sha256(consistent / VAE_LORA)
     (consistent / CONFIG).write_text(json.dumps(config))
     with pytest.raises(ValueError, match=f"{VAE_LORA} has no '{re.escape(dropped)}'"):
+        SRPipeline.from_pretrained(consistent)
+    save_file({**tensors, "decoder.conv_out.lora_A.weight": tensors[dropped].clone()}, consistent / VAE_LORA)  # extra
+    config["files"][VAE_LORA] = file_sha256(consistent / VAE_LORA)
+    (consistent / CONFIG).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="has 'decoder.conv_out.lora_A.weight', which the generator"):
         SRPipeline.from_pretrained(consistent)
     with pytest.raises(ValueError, match="not the raw ones"):
         SRPipeline.from_pretrained(ema, raw=True)

@@ -249,3 +249,16 @@ def test_default_memory_budget_is_60_percent_of_free_gpu_memory_or_half_the_free
         assert not gen._should_tile("decode", z, 1)
         monkeypatch.setattr(module, "_available_ram", lambda: 1.98 * need)
         assert gen._should_tile("decode", z, 1)
+
+
+def test_an_image_of_exactly_one_tile_is_not_tiled():
+    """Every stage compares its size in latent pixels with the tile: an output of exactly `tile_size`
+    latent pixels is one tile in every stage (the encoder's input counted in latent pixels, not image
+    pixels); one latent row more tiles every stage."""
+    gen = OneStepSR(TinySD(), tiling="always", tile_size=16, tile_overlap=4).eval()
+    side = 16 * gen.vae_factor // gen.scale  # LQ pixels giving 16 latent pixels at the output
+    with torch.no_grad():
+        gen(torch.rand(1, 3, side, side))
+        assert all(v is None for v in gen.last_tiling.values()), gen.last_tiling
+        gen(torch.rand(1, 3, side + gen.size_multiple // gen.scale, side))
+        assert all(v is not None for v in gen.last_tiling.values()), gen.last_tiling
