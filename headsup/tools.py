@@ -283,10 +283,12 @@ def _cmd_enhance(args: argparse.Namespace) -> int:
 
 def _checkpoint_of(run_or_ckpt: str) -> Path:
     """A checkpoint file, or a run folder's checkpoints/last.ckpt."""
+    from headsup.models.checkpoint import run_checkpoint
+
     path = Path(run_or_ckpt)
     if path.is_dir():
-        last = path / "checkpoints" / "last.ckpt"
-        if not last.is_file():
+        last = run_checkpoint(path)
+        if last is None:
             raise FileNotFoundError(f"{path} is a folder without checkpoints/last.ckpt (give a run folder of "
                                     f"`headsup fit` or a .ckpt file)")
         return last

@@ -47,6 +47,8 @@ GENERATOR_SETTINGS = tuple(dict.fromkeys(("scale", "timestep", "unet_lora", "vae
                                            "upsample", "train_upsample", "reference", "reference_dropout",
                                            *INFERENCE_OPTIONS)))
 BACKBONES = {"DiffusersFolder": DiffusersFolder, "FromConfig": FromConfig}
+# what a backbone keeps of its recorded arguments when it is loaded from another folder
+FOLDER_ARGS = ("prompt", "max_cached_prompts")
 
 
 def export_name(parameter: str) -> tuple[str, str]:
@@ -249,8 +251,7 @@ def build_backbone(spec: dict, path: str | os.PathLike | None = None) -> Backbon
     """A backbone source from `backbone_spec` output; `path`: a local diffusers folder to use instead."""
     args = dict(spec.get("init_args", {}))
     if path is not None:
-        keep = {k: args[k] for k in ("prompt", "max_cached_prompts") if k in args}
-        return DiffusersFolder(str(path), **keep)
+        return DiffusersFolder(str(path), **{k: args[k] for k in FOLDER_ARGS if k in args})
     if spec.get("class") not in BACKBONES:
         raise ValueError(f"unknown backbone class {spec.get('class')!r} (known: {sorted(BACKBONES)})")
     return BACKBONES[spec["class"]](**args)

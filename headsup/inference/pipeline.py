@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from headsup.inference.colorfix import color_fix as apply_color_fix
-from headsup.inference.export import CONFIG, build_backbone, check_backbone, load_export
-from headsup.models.checkpoint import checkpoint_weights, read_checkpoint
+from headsup.inference.export import CONFIG, FOLDER_ARGS, check_backbone, load_export
+from headsup.models.checkpoint import checkpoint_weights, read_checkpoint, run_checkpoint
 from headsup.models.generator import OneStepSR
 from headsup.models.runtime import INFERENCE_OPTIONS
 
@@ -53,13 +53,10 @@ def generator_from_checkpoint(path: str | os.PathLike, backbone: str | os.PathLi
         raise ValueError(f"{path}: its generator is {config['class_path']}; SRPipeline loads OneStepSR generators")
     config = {**config, "init_args": dict(config.get("init_args") or {})}
     if backbone is not None:
-        spec = config["init_args"].get("backbone") or {}
-        args = spec.get("init_args") or {}
-        source = build_backbone({"init_args": {k: args[k] for k in ("prompt", "max_cached_prompts") if k in args}},
-                                backbone)
+        args = (config["init_args"].get("backbone") or {}).get("init_args") or {}
         config["init_args"]["backbone"] = {"class_path": "headsup.models.backbone.DiffusersFolder",
-                                           "init_args": {"path": source.path, **{k: args[k] for k in
-                                                         ("prompt", "max_cached_prompts") if k in args}}}
+                                           "init_args": {"path": str(backbone),
+                                                         **{k: args[k] for k in FOLDER_ARGS if k in args}}}
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--generator", type=OneStepSR)
     try:
@@ -144,8 +141,8 @@ class SRPipeline:
                 defaults to its run's evaluation colour fix.
         """
         weights = Path(weights)
-        if weights.is_dir() and not (weights / CONFIG).exists() and (weights / "checkpoints" / "last.ckpt").is_file():
-            weights = weights / "checkpoints" / "last.ckpt"  # a run folder of `headsup fit`
+        if weights.is_dir() and not (weights / CONFIG).exists() and run_checkpoint(weights):
+            weights = run_checkpoint(weights)  # a run folder of `headsup fit`
         if weights.is_dir():
             generator, config = load_export(weights, backbone)
             if raw and config.get("weights") != "raw":
@@ -232,14 +229,14 @@ class SRPipeline:
         reference; an output that is not finite under reduced precision is computed again in fp32."""
         lq = batch["lq"]
         notes: list[str] = []
-        cond = batch_conditioning(self.generator, batch)
         if self.face_aware:
             if len(lq) != 1:
                 raise ValueError("face detection for a face-aware model runs on one image at a time")
             fields, notes = self._face_inputs(lq, reference, reference_name)
-            cond = batch_conditioning(self.generator, {**batch, **fields})
+            batch = {**batch, **fields}
         elif reference is not None and reference.numel():
             notes.append(f"this model takes no reference: {reference_name or 'the reference'} not used")
+        cond = batch_conditioning(self.generator, batch)
         sr = self.generator(lq, **cond).float()
         if not torch.isfinite(sr).all():  # half precision overflowing (black or NaN output on some GPUs)
             with torch.autocast(lq.device.type, enabled=False):

@@ -16,6 +16,12 @@ import torch
 EMA_KEY = "TrainableEMA"  # where `headsup.callbacks.ema.TrainableEMA` keeps its average in a checkpoint
 
 
+def run_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The last checkpoint of a `headsup fit` run folder (checkpoints/last.ckpt), or None without one."""
+    last = Path(folder) / "checkpoints" / "last.ckpt"
+    return last if last.is_file() else None
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """A `headsup fit` checkpoint's dict, loaded tensors-only (`weights_only`): a file that would need to
     run code while unpickling is refused, naming it."""
