@@ -261,9 +261,10 @@ class SRSystem(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         names = getattr(dm, f"{stage}_names", None) if dm is not None else None
         name = names[dataloader_idx] if names else f"set{dataloader_idx}"
-        sr = self.generator(batch["lq"], **batch_conditioning(self.generator, batch))
-        sr = self.evaluator.update(stage, name, batch, sr, self.generator.scale)
-        return {"set": name, "sr": sr, "names": batch["name"]}
+        saved = "sr" in batch  # a method's saved outputs (the set's `sr` folder): scored, not generated
+        sr = batch["sr"] if saved else self.generator(batch["lq"], **batch_conditioning(self.generator, batch))
+        sr, scores = self.evaluator.update(stage, name, batch, sr, self.generator.scale, saved=saved)
+        return {"set": name, "sr": sr, "names": batch["name"], "scores": scores, "saved": saved}
 
     def _finish(self, stage: str) -> dict[str, dict[str, dict[str, float]]]:
         results, flat = self.evaluator.finish(stage)
@@ -275,7 +276,8 @@ class SRSystem(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         out = self._evaluate("val", batch, batch_idx, dataloader_idx)
-        if batch_idx < self.log_images and isinstance(self.logger, TensorBoardLogger) and "hq" in batch:
+        if batch_idx < self.log_images and isinstance(self.logger, TensorBoardLogger) and "hq" in batch \
+                and "lq" in batch:
             lq_up = F.interpolate(batch["lq"].float(), scale_factor=self.generator.scale, mode="nearest")
             grid = make_grid(torch.cat([lq_up[:1], out["sr"][:1], batch["hq"][:1].float()]).clamp(0, 1), nrow=3)
             self.logger.experiment.add_image(

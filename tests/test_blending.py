@@ -25,6 +25,16 @@ class Tint(nn.Module):
         return (x * torch.tensor([1.0, 0.75, 0.75]).view(1, 3, 1, 1)).clamp(0, 1)
 
 
+class Recorder(nn.Module):
+    """An identity 'face model' that keeps what it was given."""
+
+    scale = 1
+
+    def forward(self, x):
+        self.seen = x.clone()
+        return x
+
+
 def test_identity_roles_give_back_the_input():
     img = _image()
     blend = BlendingBaseline(Bicubic(1), Bicubic(1), face_size=256, detect=False)
@@ -53,8 +63,8 @@ def test_seam_score_is_zero_untouched_and_positive_for_hard_pastes():
     img = _image()
     lm = LANDMARKS[None]
     assert float(seam_scores(img, img, lm)) == 0.0
-    hard = BlendingBaseline(Bicubic(1), Tint(), face_size=256, feather=0.0, detect=False)
-    soft = BlendingBaseline(Bicubic(1), Tint(), face_size=256, feather=0.15, detect=False)
+    hard = BlendingBaseline(Bicubic(1), Tint(), face_size=256, feather=0.0, detect=False, alignment="headsup")
+    soft = BlendingBaseline(Bicubic(1), Tint(), face_size=256, feather=0.15, detect=False, alignment="headsup")
     valid = torch.ones(1, 1, dtype=torch.bool)
     s_hard = float(seam_scores(hard(img, lm[:, None], valid), img, lm))
     s_soft = float(seam_scores(soft(img, lm[:, None], valid), img, lm))
@@ -65,3 +75,47 @@ def test_seam_score_is_zero_untouched_and_positive_for_hard_pastes():
     metric.update(hard(img, lm[:, None], valid), img, lm[:, None], valid)
     metric.update(img, img, lm[:, None], torch.zeros(1, 1, dtype=torch.bool))  # no face: nothing added
     assert float(metric.compute()) == s_hard
+
+
+def test_facexlib_alignment_is_opencvs_similarity_and_fills_gray():
+    """The least-squares similarity equals OpenCV's estimateAffinePartial2D (LMEDS, as facexlib calls it);
+    outside the photo the aligned crop has facexlib's gray."""
+    import cv2
+
+    from headsup.data.faces import align_faces, similarity_transform, template
+    from headsup.inference.blending import FACEXLIB_GRAY
+
+    points = template(512)
+    ours = similarity_transform(LANDMARKS[None], points[None])[0].numpy()
+    opencv = cv2.estimateAffinePartial2D(LANDMARKS.numpy(), points.numpy(), method=cv2.LMEDS)[0]
+    assert abs(ours - opencv).max() < 1e-4
+    corner = torch.tensor([[4.0, 6.0], [30.0, 6.0], [17.0, 20.0], [7.0, 30.0], [28.0, 30.0]])  # a face at the edge
+    face_model = Recorder()
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    BlendingBaseline(Bicubic(1), face_model, face_size=256, detect=False)(_image()[..., :128, :128], corner[None, None],
+                                                                          valid)
+    assert torch.allclose(face_model.seen[0, :, 2, 2], torch.tensor(FACEXLIB_GRAY), atol=1e-6)
+    mirrored = align_faces(_image()[..., :128, :128], corner[None], 256)  # the "headsup" alignment's crop
+    assert not torch.allclose(mirrored[0, :, 2, 2], torch.tensor(FACEXLIB_GRAY), atol=1e-2)
+
+
+def test_facexlib_paste_mask_equals_opencv():
+    """facexlib's soft mask (erode 2s, erode 2 w_edge, Gaussian 2 w_edge + 1 with OpenCV's sigma),
+    recomputed with OpenCV on the same warped-back square."""
+    import cv2
+    import numpy as np
+
+    from headsup.inference.blending import facexlib_masks
+    from headsup.models.reference import warp_reference
+
+    scale = 2
+    inside = warp_reference(torch.ones(1, 1, 512, 512), LANDMARKS[None] * scale, 1024, 1024)
+    face = torch.rand(1, 3, 1024, 1024)
+    masks, faces = facexlib_masks(inside, scale, face)
+    square = inside[0, 0].numpy()
+    eroded = cv2.erode(square, np.ones((2 * scale, 2 * scale), np.uint8))
+    w_edge = int(eroded.sum() ** 0.5) // 20
+    core = cv2.erode(eroded, np.ones((2 * w_edge, 2 * w_edge), np.uint8))
+    soft = cv2.GaussianBlur(core, (2 * w_edge + 1, 2 * w_edge + 1), 0)
+    assert w_edge > 5 and abs(masks[0, 0].numpy() - soft).max() < 1e-5
+    assert torch.allclose(faces, face * torch.from_numpy(eroded))

@@ -325,7 +325,9 @@ def test_extra_metrics_run_and_missing_weights_are_reported(trained, tmp_path, s
     assert set(out["sets"]["real"]["headsup"]) == {"niqe"}  # LQ-only: no-reference metrics only
     assert "musiq.pth" in out["settings"]["unavailable"]["musiq"]
     assert "musiq" not in portrait["headsup"]
-    assert out["settings"]["metrics"]["deg"] == "IdentityCosine(alignment=facenet)"  # how faces were cut out
+    # how faces were cut out, and each metric's implementation and weights file
+    assert out["settings"]["metrics"]["deg"] == f"headsup IdentityCosine(alignment=facenet); weights: {facenet_file}"
+    assert out["settings"]["metrics"]["niqe"] == f"pyiqa 0.1.16 'niqe'; weights: {niqe}"
 
 
 def test_predict_colour_fix_options(trained, tmp_path, samples_dir):

@@ -1,4 +1,5 @@
-"""Writes `headsup test` results into the run folder: results.json, results.csv, results.md, SR images.
+"""Writes `headsup test` results into the run folder: results.json, results.csv, results.md, SR images,
+and per_image.csv (the method's score of every image, for metrics that score whole images).
 
 A sweep is resumable: sets already in `results.json` from the same method and checkpoint are
 not evaluated again (unless `overwrite`), and new sets are merged in. Results of another
@@ -17,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from headsup.data.io import atomic_write, save_image
@@ -27,7 +29,10 @@ METRICS = {
     "ssim_y": "SSIM-Y ↑",
     "psnr_rgb": "PSNR-RGB (dB) ↑",
     "ssim_rgb": "SSIM-RGB ↑",
+    "psnr_y_nocrop": "PSNR-Y no crop (dB) ↑",
+    "ssim_y_nocrop": "SSIM-Y no crop ↑",
     "lpips": "LPIPS ↓",
+    "lpips_vgg": "LPIPS-VGG ↓",
     "dists": "DISTS ↓",
     "fid": "FID ↓",
     "niqe": "NIQE ↓",
@@ -83,6 +88,14 @@ def _version(package: str) -> str | None:
         return None
 
 
+def _protocol(spec) -> str:
+    """How a test set's images were scored, for results.json."""
+    if spec.sr:
+        return f"saved outputs {spec.sr}, scored as saved (no colour fix)" + (", paired LQ for the bicubic row" if spec.lq else "")
+    return (f"centre crop {spec.center_crop} px of HQ" if spec.center_crop else "whole image") + \
+        (", paired LQ" if spec.lq else ", synthetic LQ")
+
+
 def _checkpoint_id(path) -> dict | None:
     if not path:
         return None
@@ -107,6 +120,7 @@ class ResultsWriter(Callback):
         self.overwrite = overwrite
         self._previous: dict = {}
         self._run_dir: Path | None = None
+        self._per_image: list[dict] = []  # this rank's rows of per_image.csv
 
     def _run(self, trainer) -> Path:
         # trainer.log_dir is a collective call under DDP: resolved once, on every rank, in setup
@@ -116,6 +130,7 @@ class ResultsWriter(Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._previous = {}
+        self._per_image = []
         self._run_dir = None
         self._run(trainer)
         dm = getattr(trainer, "datamodule", None)
@@ -141,6 +156,8 @@ class ResultsWriter(Callback):
             if trainer.is_global_zero:
                 stamp = old.get("date", "old").replace(":", "").replace("+", "_")
                 os.replace(path, path.with_name(f"results.{stamp}.json"))
+                if (path.parent / "per_image.csv").is_file():
+                    os.replace(path.parent / "per_image.csv", path.with_name(f"per_image.{stamp}.csv"))
             return set()
         if self.overwrite:
             return set()
@@ -153,13 +170,44 @@ class ResultsWriter(Callback):
         return done
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if not self.save_images or not outputs:
+        if not outputs:
+            return
+        scores = {k: v.detach().double().cpu().tolist() for k, v in outputs.get("scores", {}).items()}
+        for i, name in enumerate(outputs["names"]):
+            self._per_image.append({"set": outputs["set"], "method": pl_module.method, "image": name,
+                                    **{k: v[i] for k, v in scores.items()}})
+        if not self.save_images or outputs.get("saved"):  # saved outputs are not copied again
             return
         folder = self._run(trainer) / self.image_dir / outputs["set"]
         for image, name in zip(outputs["sr"], outputs["names"]):
             save_image(folder / f"{name}.png", image)
 
+    def _gathered_rows(self, trainer) -> list[dict]:
+        """Every rank's per-image rows (a collective call under DDP)."""
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list = [None] * trainer.world_size
+            torch.distributed.all_gather_object(parts, self._per_image)
+            return [row for part in parts for row in part]
+        return list(self._per_image)
+
+    def _write_per_image(self, run: Path, rows: list[dict], evaluated: set[str]) -> None:
+        """per_image.csv: this test's rows, and those of sets kept from the same model's earlier results."""
+        path = run / "per_image.csv"
+        if self._previous and path.is_file():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r["set"] not in evaluated] + rows
+        if not rows:
+            return
+        metrics = sorted({k for r in rows for k in r} - {"set", "method", "image"},
+                         key=lambda m: (list(METRICS).index(m) if m in METRICS else len(METRICS), m))
+        out = io.StringIO()
+        writer = csv.DictWriter(out, ["set", "method", "image", *metrics], restval="")
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda r: (r["set"], r["image"])))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(out.getvalue()))
+
     def on_test_end(self, trainer: L.Trainer, pl_module) -> None:
+        rows = self._gathered_rows(trainer)
         if not trainer.is_global_zero:
             return
         results = getattr(pl_module, "test_results", {})
@@ -172,9 +220,7 @@ class ResultsWriter(Callback):
         for name, r in results.items():
             sets[name] = {"images": r.get("_images"), **{k: v for k, v in r.items() if not k.startswith("_")}}
         protocol = dict(self._previous.get("settings", {}).get("test_crop", {}))
-        protocol.update({name: (f"centre crop {specs[name].center_crop} px of HQ" if specs[name].center_crop
-                                else "whole image") + (", paired LQ" if specs[name].lq else ", synthetic LQ")
-                         for name in results if name in specs})
+        protocol.update({name: _protocol(specs[name]) for name in results if name in specs})
         payload = {
             "method": pl_module.method,
             "checkpoint": _checkpoint_id(trainer.ckpt_path),
@@ -196,6 +242,7 @@ class ResultsWriter(Callback):
         }
         for name in sets:
             payload["skipped"].pop(name, None)
+        self._write_per_image(run, rows, set(results))
         text = json.dumps(payload, indent=2) + "\n"
         atomic_write(run / "results.json", lambda tmp: Path(tmp).write_text(text))
         atomic_write(run / "results.csv", lambda tmp: Path(tmp).write_text(results_csv(sets)))

@@ -64,9 +64,9 @@ def load_records(spec: DatasetSpec) -> list[dict]:
     return records
 
 
-def _nonempty(files: list[Path], spec: DatasetSpec) -> list[Path]:
+def _nonempty(files: list[Path], spec: DatasetSpec, where: str | None = None) -> list[Path]:
     if not files:
-        raise FileNotFoundError(f"dataset '{spec.name}': no images found in {spec.lq}")
+        raise FileNotFoundError(f"dataset '{spec.name}': no images found in {where or spec.lq}")
     return files
 
 
@@ -281,7 +281,8 @@ def _mod_crop(image: torch.Tensor, scale: int, center: int | None) -> tuple[torc
 class EvalDataset(Dataset):
     """Whole images (or centred crops) for validation/test.
 
-    Paired sets return `lq` and `hq`, matched by file name stem; HQ-only sets return `hq`
+    Paired sets return `lq` and `hq`, matched by file name stem (with `sr`, also a method's saved
+    output of the same name, never mod-cropped: it must match HQ's size); HQ-only sets return `hq`
     and a `seed` for the DataModule's deterministic degradation; LQ-only sets (real
     photos without ground truth) return `lq` alone. HQ is cropped to a
     multiple of the scale (BasicSR's mod-crop). Annotated sets (portrait manifests, face
@@ -311,6 +312,16 @@ class EvalDataset(Dataset):
                     f"no LQ for {missing_lq[:5]}, no HQ for {missing_hq[:5]}"
                 )
             self.lq_files = [lq[p.stem] for p in self.files]
+        self.sr_files = None
+        if spec.sr is not None:
+            if self.lq_only:
+                raise ValueError(f"dataset '{spec.name}': 'sr' (saved outputs) is scored against 'hq': give 'hq' too")
+            sr = {p.stem: p for p in _nonempty(list_images(spec.sr), spec, spec.sr)}
+            missing = sorted(p.stem for p in self.files if p.stem not in sr)
+            if missing:
+                raise ValueError(f"dataset '{spec.name}': no saved output in {spec.sr} for {len(missing)} HQ "
+                                 f"images, e.g. {missing[:5]}")
+            self.sr_files = [sr[p.stem] for p in self.files]
 
     def __len__(self) -> int:
         return len(self.files)
@@ -334,9 +345,18 @@ class EvalDataset(Dataset):
                 )
             hq, top, left = full[:, :h, :w], 0, 0
             item.update(lq=lq, hq=hq)
+        elif self.sr_files is not None:  # saved outputs without LQ: scored against the whole HQ, no bicubic row
+            hq, top, left = full, 0, 0
+            item.update(hq=hq)
         else:
             hq, top, left = _mod_crop(full, self.scale, self.spec.center_crop)
             item.update(hq=hq, seed=self.spec.seed + index)
+        if self.sr_files is not None:
+            sr = read_image(self.sr_files[index]).rgb
+            if sr.shape != hq.shape:
+                raise ValueError(f"dataset '{self.spec.name}': saved output {self.sr_files[index]} is "
+                                 f"{tuple(sr.shape[-2:])}, HQ {path} is {tuple(hq.shape[-2:])}")
+            item["sr"] = sr
         if self.annotated:
             boxes, landmarks = face_geometry(self.records[index], self.spec.kind, full.shape[-1], full.shape[-2])
             boxes, landmarks, valid = geometry.crop(boxes, landmarks, top, left, hq.shape[-2], hq.shape[-1])

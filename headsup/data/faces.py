@@ -326,16 +326,22 @@ def alignment_matrix(landmarks: torch.Tensor, size: int = 512) -> torch.Tensor:
     return similarity_transform(landmarks - 0.5, points - 0.5)
 
 
-def align_faces(images: torch.Tensor, landmarks: torch.Tensor, size: int = 512) -> torch.Tensor:
+def align_faces(images: torch.Tensor, landmarks: torch.Tensor, size: int = 512,
+                fill: tuple[float, float, float] | None = None) -> torch.Tensor:
     """Warp each image so its face's 5 landmarks land on the FFHQ template; (B, 3, size, size).
 
     images: (B, 3, H, W); landmarks: (B, 5, 2) in pixel coordinates (pixel i covers [i, i+1)).
+    Outside the photo the crop mirrors it, or with `fill` takes that colour (facexlib: gray).
     """
     matrix = alignment_matrix(landmarks, size)
     import kornia
 
-    return kornia.geometry.transform.warp_affine(images, matrix.to(images.dtype), (size, size),
-                                                 mode="bilinear", padding_mode="reflection", align_corners=True)
+    if fill is None:
+        return kornia.geometry.transform.warp_affine(images, matrix.to(images.dtype), (size, size), mode="bilinear",
+                                                     padding_mode="reflection", align_corners=True)
+    colour = torch.tensor(fill, dtype=images.dtype, device=images.device)
+    return kornia.geometry.transform.warp_affine(images, matrix.to(images.dtype), (size, size), mode="bilinear",
+                                                 padding_mode="fill", align_corners=True, fill_value=colour)
 
 
 def paste_mask(size: int, margin: float = 0.05, feather: float = 0.04, device=None) -> torch.Tensor:

@@ -32,6 +32,9 @@ class DatasetSpec:
         prompts: Per-image prompts (`headsup.data.prompts`): "txt" (`<stem>.txt` beside each image),
             "manifest" (each record's "prompt") or a .jsonl map. None: no per-image prompt.
         prompt: One prompt for every image of the set (instead of `prompts`).
+        sr: Folder of a method's saved outputs, paired with `hq` by file name: `headsup test` scores
+            these images as they are (no model run, no colour fix) under `model.method`; with `lq`
+            the bicubic row too (the SR-folder-vs-HQ mode, for any method's released results).
     """
 
     name: str
@@ -45,3 +48,4 @@ class DatasetSpec:
     weight: float | None = None
     prompts: str | None = None
     prompt: str | None = None
+    sr: str | None = None

@@ -1,11 +1,20 @@
 """The blending baseline HeadsUp replaces: general SR of the whole photo + a face model on aligned
 face crops, pasted back (the GFPGAN / CodeFormer pipeline).
 
-For each face (5 landmarks): the LQ face is aligned on the FFHQ 5-point template (a similarity
-warp), restored by the face model, warped back with the inverse similarity and pasted over the
-background SR through a feathered mask (the aligned square, eroded and blurred, warped the same
-way). Either role can be any SR model mapping (B, 3, h, w) to (B, 3, s*h, s*w): a headsup
-export or checkpoint (`CheckpointModel`), bicubic upsampling, or the identity (scale 1).
+For each face (5 landmarks): the LQ face is aligned on the FFHQ 5-point template (a least-squares
+similarity), restored by the face model, warped back with the inverse similarity and pasted over the
+background SR through a soft mask. Two ways to do the alignment and the mask (`alignment`):
+
+- "facexlib", as GFPGAN and CodeFormer run it (facexlib's FaceRestoreHelper): the aligned crop is
+  filled with facexlib's gray (RGB 132, 133, 135) outside the photo; the mask is the warped-back
+  square, eroded by 2 x scale px, then by 2 x w_edge with w_edge = sqrt(face area) // 20, and
+  Gaussian-blurred with a (2 w_edge + 1) kernel (OpenCV's default sigma), all in output pixels.
+- "headsup" (the earlier default): the crop mirrors the photo outside its border; the mask is the
+  aligned square with a `margin` left out and a `feather` soft edge, warped back.
+
+Either role can be any SR model mapping (B, 3, h, w) to (B, 3, s*h, s*w): a released peer
+(`headsup.inference.peers.PeerModel`), a headsup export or checkpoint (`CheckpointModel`), bicubic
+upsampling, or the identity (scale 1).
 """
 
 from __future__ import annotations
@@ -62,6 +71,8 @@ class BlendingBaseline(nn.Module):
         margin: Unpasted border of the aligned square (fraction of its side).
         feather: Width of the mask's soft edge (fraction of its side).
         detect: Find faces with MTCNN on the background SR when the batch has no landmarks.
+        alignment: "facexlib" (GFPGAN/CodeFormer's crop fill and paste mask) or "headsup" (mirrored
+            crop, `margin`/`feather` mask in the aligned square).
     """
 
     uses_faces = True
@@ -75,6 +86,7 @@ class BlendingBaseline(nn.Module):
         margin: float = 0.05,
         feather: float = 0.04,
         detect: bool = True,
+        alignment: str = "facexlib",
     ) -> None:
         super().__init__()
         self.background = background
@@ -86,6 +98,9 @@ class BlendingBaseline(nn.Module):
         self.face_size = face_size
         self.margin, self.feather = margin, feather
         self.detect = detect
+        if alignment not in ("facexlib", "headsup"):
+            raise ValueError(f"BlendingBaseline alignment must be facexlib or headsup, got '{alignment}'")
+        self.alignment = alignment
         self._annotator = None
 
     def _detect(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,13 +132,51 @@ class BlendingBaseline(nn.Module):
             return out
         landmarks = face_landmarks[b_idx, f_idx].float()
         size_in = self.face_size // self.face_scale
-        aligned = align_faces(lq[b_idx].float(), landmarks / self.scale, size_in)
+        fill = FACEXLIB_GRAY if self.alignment == "facexlib" else None
+        aligned = align_faces(lq[b_idx].float(), landmarks / self.scale, size_in, fill=fill)
         restored = self.face(aligned).float().clamp(0, 1)
         h, w = out.shape[-2:]
         faces = warp_reference(restored, landmarks, h, w)
-        mask = paste_mask(self.face_size, self.margin, self.feather, lq.device).expand(len(b_idx), -1, -1, -1)
-        masks = warp_reference(mask, landmarks, h, w).clamp(0, 1)
+        if self.alignment == "facexlib":
+            inside = warp_reference(torch.ones_like(restored[:, :1]), landmarks, h, w)
+            masks, faces = facexlib_masks(inside, self.scale, faces)
+        else:
+            mask = paste_mask(self.face_size, self.margin, self.feather, lq.device).expand(len(b_idx), -1, -1, -1)
+            masks = warp_reference(mask, landmarks, h, w).clamp(0, 1)
         for k in range(len(b_idx)):  # faces are pasted one after the other, as GFPGAN does
             i = b_idx[k]
             out[i] = masks[k] * faces[k] + (1 - masks[k]) * out[i]
         return out
+
+
+# facexlib's fill of the aligned crop outside the photo (BGR 135, 133, 132), as RGB in [0, 1]
+FACEXLIB_GRAY = (132 / 255, 133 / 255, 135 / 255)
+
+
+def erode(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Binary-style erosion (a min filter) with a k x k window anchored at its centre, as OpenCV's
+    `erode` (outside the frame counts as the maximum, so frame borders do not erode)."""
+    if k <= 1:
+        return mask
+    a, b = k // 2, k - 1 - k // 2
+    return -F.max_pool2d(F.pad(-mask, (a, b, a, b), value=-float("inf")), k, stride=1)
+
+
+def facexlib_masks(inside: torch.Tensor, scale: int, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """facexlib's paste: the warped-back square (n, 1, H, W) eroded by 2 x scale (its black border
+    removed, and the face multiplied by it), then by 2 x w_edge (w_edge = sqrt(area) // 20) and
+    blurred with a (2 w_edge + 1) Gaussian of OpenCV's default sigma. Returns (soft masks, faces)."""
+    import kornia
+
+    inner = erode(inside, 2 * scale)
+    faces = faces * inner
+    masks = []
+    for m in inner:
+        w_edge = int(float(m.sum()) ** 0.5) // 20
+        core = erode(m[None], 2 * w_edge)
+        k = 2 * w_edge + 1
+        if k > 1:
+            sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8  # OpenCV's sigma for a given kernel size
+            core = kornia.filters.gaussian_blur2d(core, (k, k), (sigma, sigma), border_type="reflect")
+        masks.append(core[0])
+    return torch.stack(masks), faces

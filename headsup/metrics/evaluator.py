@@ -17,11 +17,21 @@ from torch import nn
 from torchmetrics import Metric, MetricCollection
 
 from headsup.inference.colorfix import color_fix as apply_color_fix
-from headsup.metrics.extra import ExtraMetric
-from headsup.metrics.full_reference import PSNR, SSIM, ImageCount
+from headsup.metrics.extra import ExtraMetric, MeanScore
+from headsup.metrics.full_reference import ImageCount, psnr, ssim
 from headsup.metrics.seam import SeamScore
 
 SEAM_SETTING = "band 2% of the aligned face square around its border (5% margin), vs rings 2-6%"
+
+
+FIDELITY = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
+
+
+def fidelity_scores(sr: torch.Tensor, hq: torch.Tensor, crop_border: int) -> dict[str, torch.Tensor]:
+    """Per-image PSNR/SSIM on Y and RGB (BasicSR conventions, `crop_border` px cut on each side)."""
+    return {"psnr_y": psnr(sr, hq, crop_border), "ssim_y": ssim(sr, hq, crop_border),
+            "psnr_rgb": psnr(sr, hq, crop_border, y_channel=False),
+            "ssim_rgb": ssim(sr, hq, crop_border, y_channel=False)}
 
 
 def bicubic_upsampled(lq: torch.Tensor, scale: int) -> torch.Tensor:
@@ -54,8 +64,7 @@ class Evaluator(nn.Module):
     def settings(self) -> dict:
         """What the results files record about the metrics and the colour fix."""
         return {
-            "metrics": {n: (type(m).__name__ + (f"({m.metric_name})" if hasattr(m, "metric_name") else ""))
-                        for n, m in self.metrics.items()},
+            "metrics": {n: m.describe() for n, m in self.metrics.items()},
             "unavailable": {n: m.unavailable for n, m in self.metrics.items() if m.unavailable},
             "color_fix": self.color_fix,
             "seam": SEAM_SETTING,
@@ -63,13 +72,10 @@ class Evaluator(nn.Module):
                if any(type(m).__name__ == "FIDMetric" for m in self.metrics.values()) else {}),
         }
 
-    def _collection(self, key: str, crop_border: int, device: torch.device) -> MetricCollection:
+    def _collection(self, key: str, device: torch.device) -> MetricCollection:
         if key not in self._scores:
-            self._scores[key] = MetricCollection({
-                "psnr_y": PSNR(crop_border), "ssim_y": SSIM(crop_border),
-                "psnr_rgb": PSNR(crop_border, y_channel=False), "ssim_rgb": SSIM(crop_border, y_channel=False),
-                "images": ImageCount(),
-            })
+            self._scores[key] = MetricCollection({k: MeanScore() for k in FIDELITY} | {"images": ImageCount()},
+                                                 compute_groups=False)  # updated one by one
         return self._scores[key].to(device)
 
     def _seam(self, key: str, device: torch.device) -> SeamScore:
@@ -78,13 +84,34 @@ class Evaluator(nn.Module):
         return self._seams[key].to(device)
 
     @torch.no_grad()
-    def update(self, stage: str, name: str, batch: dict, sr: torch.Tensor, scale: int) -> torch.Tensor:
-        """Score one batch of set `name`: `sr` is the model's output for `batch["lq"]`. Returns the
-        colour-fixed SR (what is scored and saved)."""
-        sr = apply_color_fix(sr.float(), batch["lq"].float(), self.color_fix)
-        bicubic = bicubic_upsampled(batch["lq"].float(), scale)
+    def update(self, stage: str, name: str, batch: dict, sr: torch.Tensor, scale: int,
+               saved: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Score one batch of set `name`: `sr` is the model's output for `batch["lq"]`, or with `saved`
+        a method's saved outputs (scored as they are: no colour fix; the bicubic row only where the
+        batch has LQ). Returns the scored SR (what is saved) and the method's per-image scores
+        {metric: (B,)} (metrics that score whole images; face metrics and FID are per set only)."""
+        lq = batch["lq"].float() if "lq" in batch else None
+        sr = sr.float() if saved else apply_color_fix(sr.float(), lq, self.color_fix)
         hq = batch["hq"].float() if "hq" in batch else None
-        rows = ((self.method, sr), ("bicubic", bicubic))
+        rows = [(self.method, sr)] + ([("bicubic", bicubic_upsampled(lq, scale))] if lq is not None else [])
+        per_image: dict[str, torch.Tensor] = {}
+        if hq is not None:
+            for method, image in rows:
+                if image.shape != hq.shape:
+                    raise ValueError(f"set '{name}': {method} output {tuple(image.shape)} and HQ "
+                                     f"{tuple(hq.shape)} differ in shape")
+                scores = fidelity_scores(image, hq, scale)
+                collection = self._collection(f"{stage}/{name}/{method}", sr.device)
+                for k, v in scores.items():
+                    collection[k].update(v)
+                collection["images"].update(image, hq)
+                if method == self.method:
+                    per_image.update(scores)
+                if "face_landmarks" in batch:
+                    self._seam(f"{stage}/{name}/{method}", sr.device).update(image, hq, batch["face_landmarks"],
+                                                                             batch["face_valid"])
+        else:  # LQ-only set: SR images are kept, full-reference metrics do not apply
+            self._lq_only[f"{stage}/{name}"] = self._lq_only.get(f"{stage}/{name}", 0) + sr.shape[0]
         for metric_name, metric in self.metrics.items():
             if metric.unavailable or (metric.needs_hq and hq is None) or \
                     (metric.needs_faces and "face_landmarks" not in batch):
@@ -93,16 +120,10 @@ class Evaluator(nn.Module):
                 key = f"{stage}/{name}/{method}/{metric_name}"
                 if key not in self._extra:
                     self._extra[key] = metric.make().to(sr.device)
-                metric.update(self._extra[key], image, hq, batch)
-        if hq is None:  # LQ-only set: SR images are kept, full-reference metrics do not apply
-            self._lq_only[f"{stage}/{name}"] = self._lq_only.get(f"{stage}/{name}", 0) + sr.shape[0]
-            return sr
-        for method, image in rows:
-            self._collection(f"{stage}/{name}/{method}", scale, sr.device).update(image, hq)
-            if "face_landmarks" in batch:
-                self._seam(f"{stage}/{name}/{method}", sr.device).update(image, hq, batch["face_landmarks"],
-                                                                         batch["face_valid"])
-        return sr
+                scores = metric.update(self._extra[key], image, hq, batch)
+                if method == self.method and scores is not None:
+                    per_image[metric_name] = scores
+        return sr, per_image
 
     def finish(self, stage: str) -> tuple[dict, dict[str, float]]:
         """The results of `stage` and its PSNR/SSIM values flat ("stage/set/method/metric", to log);

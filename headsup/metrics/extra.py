@@ -18,6 +18,7 @@ to put the file) instead of stopping the sweep. No-reference metrics also score 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -60,8 +61,27 @@ class ExtraMetric(nn.Module):
         """A fresh accumulator for one set and method (default: mean of `scores`)."""
         return MeanScore()
 
-    def update(self, metric: Metric, sr: torch.Tensor, hq: torch.Tensor | None, batch: dict) -> None:
-        metric.update(self.scores(sr, hq, batch))
+    def describe(self) -> str:
+        """The implementation and the weights files behind the numbers (recorded in results.json)."""
+        files = ", ".join(str(getattr(self, a)) for a in ("weights", "vgg_weights", "lpips_weights")
+                          if getattr(self, a, None))
+        name = type(self).__name__ + (f"({self.metric_name})" if hasattr(self, "metric_name") else "")
+        return f"headsup {name}; weights: {files or 'none'}"
+
+    def update(self, metric: Metric, sr: torch.Tensor, hq: torch.Tensor | None, batch: dict) -> torch.Tensor | None:
+        """Add one batch to `metric`; returns the per-image scores (None for per-face or per-set metrics)."""
+        scores = self.scores(sr, hq, batch)
+        metric.update(scores)
+        return None if self.needs_faces else scores
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def _missing(path: str | None, what: str) -> str | None:
@@ -92,6 +112,7 @@ class LPIPSMetric(ExtraMetric):
                 lpips_weights, self.unavailable = None, f"lpips (LPIPSMetric {err})"
         self.unavailable = (self.unavailable or _missing(vgg_weights, "lpips (LPIPSMetric vgg_weights, VGG16)")
                             or _missing(lpips_weights, "lpips (LPIPSMetric lpips_weights, linear layers)"))
+        self.vgg_weights, self.lpips_weights = vgg_weights, lpips_weights
         self.net = None
         if self.unavailable is None:
             self.net = LPIPS.shared(vgg_weights, lpips_weights, owner="LPIPSMetric")
@@ -100,31 +121,79 @@ class LPIPSMetric(ExtraMetric):
         return self.net(sr * 1.0, hq).flatten()
 
 
+# pyiqa metrics computed from the images alone (no weights file)
+WEIGHTLESS = frozenset({"psnr", "psnry", "ssim", "ssimc", "ms_ssim", "cw_ssim", "fsim", "vif", "gmsd", "nlpd",
+                        "mad", "vsi"})
+
+
+# Backbone files pyiqa fetches into torch hub's cache for these metrics (besides `weights`), relative
+# to that cache folder; with `torch_hub` given they are read from there, and nothing is downloaded.
+HUB_FILES = {"lpips": ("checkpoints/alexnet-owt-7be5be79.pth",), "lpips-vgg": ("checkpoints/vgg16-397923af.pth",),
+             "dists": ("checkpoints/vgg16-397923af.pth",), "clipiqa": ("clip/RN50.pt",)}
+# metrics whose only weights are such backbones (CLIP-IQA: OpenAI's CLIP RN50 and fixed prompts)
+HUB_ONLY = frozenset({"clipiqa"})
+
+
+@contextlib.contextmanager
+def torch_hub_dir(folder: str | None):
+    """torch hub's cache folder set to `folder` (if given) while metrics are built."""
+    if folder is None:
+        yield
+        return
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(folder))
+    try:
+        yield
+    finally:
+        torch.hub.set_dir(previous)
+
+
 class PyiqaMetric(ExtraMetric):
     """A pyiqa metric from local weights (full-reference ones compare with HQ).
 
     Args:
-        metric: pyiqa metric name (niqe, musiq, maniqa, clipiqa, dists, ...).
-        weights: Local weights file of the metric (NIQE: its pristine-parameter .mat).
+        metric: pyiqa metric name (niqe, musiq, maniqa, clipiqa, dists, psnr, ssim, ...).
+        weights: Local weights file of the metric (NIQE: its pristine-parameter .mat); none for the
+            metrics pyiqa computes from the images alone (psnr, ssim, ...).
+        options: Options of the pyiqa metric, e.g. {test_y_channel: true, color_space: ycbcr}
+            (OSEDiff's `test_metrics.py` PSNR/SSIM).
+        torch_hub: A folder laid out as torch hub's cache holding the backbones pyiqa would download
+            (`HUB_FILES`: LPIPS's AlexNet/VGG16 and DISTS's VGG16 under `checkpoints/`, CLIP-IQA's
+            `clip/RN50.pt`).
     """
 
-    def __init__(self, metric: str, weights: str | None = None) -> None:
+    def __init__(self, metric: str, weights: str | None = None, options: dict | None = None,
+                 torch_hub: str | None = None) -> None:
         super().__init__()
         self.metric_name = metric
-        self.unavailable = _missing(weights, metric)
+        self.options = dict(options or {})
+        self.weights, self.torch_hub = weights, torch_hub
+        weightless = metric in WEIGHTLESS | HUB_ONLY and weights is None
+        self.unavailable = None if weightless else _missing(weights, metric)
+        hub = [f for f in HUB_FILES.get(metric, ()) if torch_hub is None or not (Path(torch_hub) / f).is_file()]
+        if hub and self.unavailable is None:
+            self.unavailable = (f"{metric}: needs {', '.join(hub)} in torch_hub "
+                                f"({torch_hub or 'not given'}; torch hub's cache layout, nothing is downloaded)")
         self.net = None
         self.needs_hq = False
         if self.unavailable is None:
             import pyiqa
 
+            given = {"pretrained_model_path": weights} if weights is not None else {}
             try:
-                self.net = pyiqa.create_metric(metric, as_loss=False, device=torch.device("cpu"),
-                                               pretrained_model_path=weights)
+                with torch_hub_dir(torch_hub):
+                    self.net = pyiqa.create_metric(metric, as_loss=False, device=torch.device("cpu"),
+                                                   **given, **self.options)
             except Exception as err:  # noqa: BLE001 - reported as unavailable, the sweep goes on
                 self.unavailable = f"{metric}: could not be built from {weights}: {err}"
                 return
             self.net.requires_grad_(False)
             self.needs_hq = getattr(self.net, "metric_mode", "NR") == "FR"
+
+    def describe(self) -> str:
+        options = "".join(f", {k}={v}" for k, v in self.options.items())
+        hub = "".join(f", {self.torch_hub}/{f}" for f in HUB_FILES.get(self.metric_name, ()))
+        return f"pyiqa {_version('pyiqa')} '{self.metric_name}'{options}; weights: {self.weights or 'none'}{hub}"
 
     def scores(self, sr, hq, batch):
         self.net.to(sr.device)
@@ -147,6 +216,7 @@ class IdentityCosine(ExtraMetric):
         super().__init__()
         self.metric_name = f"alignment={alignment}"  # recorded in results.json's settings
         self.unavailable = _missing(weights, "deg (InceptionResnetV1)")
+        self.weights = weights
         self.net = None
         if self.unavailable is None:
             from headsup.models.identity import IdentityNet
@@ -171,6 +241,9 @@ class LandmarkDistance(ExtraMetric):
     def __init__(self) -> None:
         super().__init__()
         self._annotator = None
+
+    def describe(self) -> str:
+        return "headsup LandmarkDistance; weights: facenet-pytorch's MTCNN (shipped in the package)"
 
     def scores(self, sr, hq, batch):
         from headsup.data.faces import FaceAnnotator
