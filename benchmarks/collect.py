@@ -3,9 +3,10 @@
     python benchmarks/collect.py runs/headsup runs/osediff runs/blending [--out comparison.md]
 
 Each argument is a run folder (or its results.json). For every test set, one table: a row per
-method, a column per metric with its direction; bicubic is listed once. Methods with the same
-name from different runs are labelled with their run folder. The last lines printed are the
-Markdown tables (also written to --out, and a CSV next to it).
+method, a column per metric with its direction, the best value of each column in bold (bicubic
+included); the seam score (the blending artefact: 0 for an untouched image) comes first. bicubic is
+listed once. Methods with the same name from different runs are labelled with their run folder.
+The last lines printed are the Markdown tables (also written to --out, and a CSV next to it).
 """
 
 from __future__ import annotations
@@ -50,19 +51,36 @@ def load(paths: list[str]) -> tuple[dict[str, dict[str, dict]], list[str]]:
     return table, notes
 
 
+def _order(metric: str) -> tuple:
+    """seam first (the number the comparison is about), then the results files' order."""
+    return (metric != "seam", list(METRICS).index(metric) if metric in METRICS else len(METRICS), metric)
+
+
+def best_values(rows: dict[str, dict], metrics: list[str]) -> dict[str, float]:
+    """The best value of each metric with a known direction (↑ or ↓ in its title) over a set's rows."""
+    best = {}
+    for m in metrics:
+        title = METRICS.get(m, "")
+        values = [v[m] for v in rows.values() if isinstance(v.get(m), (int, float))]
+        if values and ("↑" in title or "↓" in title):
+            best[m] = max(values) if "↑" in title else min(values)
+    return best
+
+
 def tables(table: dict, metrics: list[str] | None = None) -> tuple[str, str]:
     md, out = [], io.StringIO()
     writer = csv.writer(out)
     all_metrics = metrics or sorted({m for rows in table.values() for v in rows.values() for m in v
-                                     if not m.startswith("_")},
-                                    key=lambda m: (list(METRICS).index(m) if m in METRICS else len(METRICS), m))
+                                     if not m.startswith("_")}, key=_order)
     writer.writerow(["set", "method", "images", *all_metrics])
     for name, rows in table.items():
+        best = best_values(rows, all_metrics)
         md += [f"### {name}", "", "| method | images | " + " | ".join(METRICS.get(m, m) for m in all_metrics) + " |",
                "|---|---|" + "---|" * len(all_metrics)]
         for method, values in rows.items():
-            md.append(f"| {method} | {values.get('_images')} | "
-                      + " | ".join(_fmt(m, values.get(m)) for m in all_metrics) + " |")
+            cells = [f"**{_fmt(m, values.get(m))}**" if m in best and values.get(m) == best[m]
+                     else _fmt(m, values.get(m)) for m in all_metrics]
+            md.append(f"| {method} | {values.get('_images')} | " + " | ".join(cells) + " |")
             writer.writerow([name, method, values.get("_images"), *[values.get(m, "") for m in all_metrics]])
         md.append("")
     return "\n".join(md), out.getvalue()

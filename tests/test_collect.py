@@ -38,8 +38,11 @@ def test_collect_builds_one_table_from_two_runs(tmp_path, capsys):
     rows = [line for line in md.splitlines() if line.startswith("| ") and "method" not in line]
     assert [r.split(" | ")[0] for r in rows] == ["| headsup", "| bicubic", "| blending"]  # bicubic once
     assert "Seam ↓" in md and "PSNR-Y (dB) ↑" in md and "n/a" in rows[1]  # bicubic has no seam here
+    # the best of each column in bold (higher PSNR/SSIM, lower seam), the seam column first
+    assert rows[0].startswith("| headsup | 2 | **0.0100** | **27.50** | **0.7000** |")
+    assert rows[2].startswith("| blending | 2 | 0.2000 | 27.10 | **0.7000** |") and "**" not in rows[1]
     csv_lines = (tmp_path / "cmp.csv").read_text().splitlines()
-    assert csv_lines[0] == "set,method,images,psnr_y,ssim_y,seam" and len(csv_lines) == 4
+    assert csv_lines[0] == "set,method,images,seam,psnr_y,ssim_y" and len(csv_lines) == 4
     same = _run(tmp_path / "again", "headsup", 26.0)  # two runs of one method get their folders as labels
     table, _ = collect.load([str(a), str(same)])
     assert {"headsup (ours)", "headsup (again)"} <= set(table["portrait"])
