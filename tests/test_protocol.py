@@ -126,3 +126,48 @@ def test_paper_protocol_reproduces_osediff_log_on_all_of_realsr(tmp_path):
     assert abs(means["psnr_y_nocrop"] - 25.1511) <= 1e-3 and abs(means["ssim_y_nocrop"] - 0.7341) <= 1e-4
     assert abs(means["niqe"] - 5.6476) <= 1e-3
     check_settings(results)
+
+
+def test_pyiqa_backbones_load_from_a_torch_hub_folder(tmp_path):
+    """pyiqa's LPIPS-Alex and DISTS read their torchvision backbones from a given torch hub cache folder
+    (random stand-ins under the real file names) instead of downloading. LPIPS-Alex, with the linear
+    layers torchmetrics ships, equals torchmetrics' LPIPS-Alex on the same backbone; without the folder
+    each is unavailable, naming the file; a pickle that would run code is refused."""
+    import torch
+    from torchmetrics.functional.image.lpips import _LPIPS
+    from torchvision.models import alexnet, vgg16
+
+    from headsup.metrics.extra import PyiqaMetric
+
+    hub = tmp_path / "torch_hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    alex = alexnet(weights=None)
+    torch.save(alex.state_dict(), hub / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    torch.save(vgg16(weights=None).state_dict(), hub / "checkpoints" / "vgg16-397923af.pth")
+    import torchmetrics.functional.image.lpips as tm_lpips
+
+    lins = Path(tm_lpips.__file__).parent / "lpips_models" / "alex.pth"  # the LPIPS v0.1 release's alex.pth
+    x = torch.rand(2, 3, 64, 64)
+    y = (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+    lpips = PyiqaMetric("lpips", str(lins), torch_hub=str(hub))
+    assert lpips.unavailable is None and lpips.needs_hq
+    reference = _LPIPS(pretrained=True, net="alex", pnet_rand=True).eval()
+    features = {f"slice{i + 1}.{k}": v for i, (a, b) in enumerate(((0, 2), (2, 5), (5, 8), (8, 10), (10, 12)))
+                for k, v in alex.features.state_dict().items() if a <= int(k.split(".")[0]) < b}
+    reference.net.load_state_dict(features)
+    expected = reference(x, y, normalize=True).flatten()
+    assert torch.allclose(lpips.scores(x, y, {}), expected, atol=1e-5) and float(expected.min()) > 0
+    dists_weights = tmp_path / "DISTS_weights-f5e65c96.pth"
+    torch.save({"alpha": torch.full((1, 1475, 1, 1), 0.1), "beta": torch.full((1, 1475, 1, 1), 0.1)}, dists_weights)
+    dists = PyiqaMetric("dists", str(dists_weights), torch_hub=str(hub))
+    assert dists.unavailable is None
+    assert float(dists.scores(x, x, {}).abs().max()) < 1e-4 and float(dists.scores(x, y, {}).min()) > 0
+    missing = PyiqaMetric("dists", str(dists_weights))
+    assert "checkpoints/vgg16-397923af.pth" in missing.unavailable and "torch_hub (not given" in missing.unavailable
+    torch.save({"alpha": torch.zeros(1), "code": Path("x")}, tmp_path / "evil.pth")  # a Path unpickles only with code
+    assert "could run code" in PyiqaMetric("dists", str(tmp_path / "evil.pth"), torch_hub=str(hub)).unavailable
+    import importlib
+
+    for module in ("pyiqa.archs.maniqa_arch", "pyiqa.archs.clipiqa_arch"):  # einops, OpenAI's clip: installed
+        importlib.import_module(module)

@@ -134,6 +134,17 @@ HUB_FILES = {"lpips": ("checkpoints/alexnet-owt-7be5be79.pth",), "lpips-vgg": ("
 HUB_ONLY = frozenset({"clipiqa"})
 
 
+def _unsafe_pickle(path: str) -> str | None:
+    """Why a torch file is refused (it would run code when unpickled, or does not load), or None."""
+    if Path(path).suffix not in (".pth", ".pt", ".ckpt", ".pkl"):
+        return None
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - reported as unavailable, naming the file
+        return f"{path} holds more than tensors and plain values (loading it could run code) or is unreadable: {err}"
+    return None
+
+
 @contextlib.contextmanager
 def torch_hub_dir(folder: str | None):
     """torch hub's cache folder set to `folder` (if given) while metrics are built."""
@@ -174,6 +185,9 @@ class PyiqaMetric(ExtraMetric):
         if hub and self.unavailable is None:
             self.unavailable = (f"{metric}: needs {', '.join(hub)} in torch_hub "
                                 f"({torch_hub or 'not given'}; torch hub's cache layout, nothing is downloaded)")
+        if self.unavailable is None:  # pyiqa unpickles its files in full: only tensors and plain values pass here
+            files = [weights] + [str(Path(torch_hub) / f) for f in HUB_FILES.get(metric, ()) if f.endswith(".pth")]
+            self.unavailable = next((m for m in map(_unsafe_pickle, filter(None, files)) if m), None)
         self.net = None
         self.needs_hq = False
         if self.unavailable is None:
