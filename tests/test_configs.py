@@ -28,8 +28,17 @@ def test_configs_were_found():
 def test_config_parses(path, capsys):
     import yaml
 
-    if isinstance(yaml.safe_load(path.read_text()), list):  # a test-set list (benchmarks/*.yaml)
+    content = yaml.safe_load(path.read_text())
+    if isinstance(content, list):  # a test-set list (benchmarks/*.yaml)
         assert parse(QUICKSTART, extra=["--data.test_sets", str(path)]) == 0, capsys.readouterr().err
+        return
+    if "methods" in content:  # a comparison (benchmarks/compare.py): every method with the shared configs and sets
+        for name, method in content["methods"].items():
+            configs = [ROOT / c for c in [*method.get("configs", []), *content.get("configs", [])]]
+            base = [] if any("experiments" in c.parts for c in configs) else [QUICKSTART]
+            for sets in content.get("sets", []):
+                assert parse(*base, *configs, extra=["--data.test_sets", str(ROOT / sets)]) == 0, \
+                    f"{name}: {capsys.readouterr().err}"
         return
     # fragments (trainer/, model/, data/, degradation/) are checked on top of the quickstart
     configs = [path] if "experiments" in path.parts else [QUICKSTART, path]
