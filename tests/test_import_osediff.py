@@ -340,3 +340,33 @@ def test_enhance_prompts_in_osediffs_format_match_osediff(release, tmp_path):
     other = osediff_inference(release, up8, "")[0].permute(1, 2, 0).numpy()
     assert np.abs(enhanced - reference).max() <= 5e-3 + 0.5 / 255  # Pillow-compatible upsampling, 8-bit output
     assert np.abs(enhanced - other).max() > 0.01  # the prompt matters (0.019 here; the match bound is 0.007)
+
+
+def test_osediff_preset_runs_the_import_as_a_method(release, tmp_path, monkeypatch):
+    """configs/methods/osediff.yaml as shipped (weights/osediff/osediff.ckpt, relative to the working
+    directory): `headsup test` scores the imported OSEDiff as method "osediff" with OSEDiff's AdaIN
+    colour fix, and its numbers are those of the imported generator's own output."""
+    from headsup.cli import main
+    from headsup.inference.colorfix import color_fix
+    from headsup.metrics.full_reference import psnr
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights" / "osediff").mkdir(parents=True)
+    ckpt = import_osediff(release.pkl, tmp_path / "weights" / "osediff" / "osediff.ckpt", release.backbone)
+    for folder, image in (("lq", lq_image()), ("hq", astronaut()[0:256, 128:384])):
+        (tmp_path / "set" / folder).mkdir(parents=True)
+        Image.fromarray(image).save(tmp_path / "set" / folder / "face.png")
+    shared = tmp_path / "shared.yaml"
+    shared.write_text(json.dumps({
+        "trainer": {"accelerator": "cpu"}, "results": {"save_images": False},
+        "data": {"num_workers": 0, "test_sets": [{"name": "face", "lq": "set/lq", "hq": "set/hq"}]}}))
+    assert main(["test", "--config", str(root / "configs" / "methods" / "osediff.yaml"), "--config", str(shared)]) == 0
+    results = json.loads((tmp_path / "runs" / "compare" / "osediff" / "results.json").read_text())
+    assert results["method"] == "osediff" and results["settings"]["color_fix"] == "adain"
+    gen = generator_from_checkpoint(ckpt)[0].eval()
+    lq = torch.from_numpy(lq_image().copy()).permute(2, 0, 1).float()[None] / 255
+    hq = torch.from_numpy(astronaut()[0:256, 128:384].copy()).permute(2, 0, 1).float()[None] / 255
+    with torch.no_grad():
+        expected = float(psnr(color_fix(gen(lq), lq, "adain"), hq, crop_border=4))
+    assert abs(results["sets"]["face"]["osediff"]["psnr_y"] - expected) < 1e-4

@@ -200,6 +200,34 @@ def test_fid_of_a_set_against_itself_is_zero(fid_file, tmp_path):
     assert abs(float(same.compute())) < 1e-3 * far
 
 
+def test_fid_against_a_named_reference_folder(fid_file, tmp_path):
+    """With `reference`, SR is compared with the folder's images (features computed once), not the set's HQ:
+    the value equals torchmetrics' FID fed those images directly, for each set and method alike."""
+    from PIL import Image
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from headsup.metrics.extra import FIDMetric
+
+    img = torch.from_numpy(astronaut()).permute(2, 0, 1).float() / 255
+    crops = [img[:, y:y + 64, x:x + 64] for y, x in ((0, 0), (200, 300), (400, 100), (100, 400))]
+    folder = tmp_path / "ffhq_ref"
+    folder.mkdir()
+    for i, crop in enumerate(crops[:3]):
+        Image.fromarray((crop.permute(1, 2, 0) * 255).round().byte().numpy()).save(folder / f"{i}.png")
+    fid = FIDMetric(str(fid_file), reference=str(folder), reference_name="FFHQ-3")
+    assert fid.unavailable is None and "'FFHQ-3'" in fid.describe()
+    sr = torch.stack([crops[3], crops[0].flip(-1)])
+    unrelated_hq = torch.zeros_like(sr)  # ignored: the reference folder is the real distribution
+    ours = [fid.make(), fid.make()]
+    for metric in ours:
+        fid.update(metric, sr, unrelated_hq, {})
+    direct = FrechetInceptionDistance(feature=fid.feature)
+    direct.update((torch.stack(crops[:3]) * 255).round().to(torch.uint8), real=True)
+    direct.update((sr * 255).round().to(torch.uint8), real=False)
+    assert all(abs(float(m.compute()) - float(direct.compute())) < 1e-3 * abs(float(direct.compute())) for m in ours)
+    assert "not found" in FIDMetric(str(fid_file), reference=str(tmp_path / "missing")).unavailable
+
+
 def test_lpips_metric_equals_the_lpips_loss(lpips_files):
     from headsup.metrics.extra import LPIPSMetric
     from headsup.objectives.base import StepContext

@@ -79,6 +79,7 @@ def test_ablation_notebook_trains_tests_and_reads_the_variants(tmp_path, samples
         f"TINY_INPUTS = {plain!r}",
         'OVERRIDES = ["--trainer.max_steps", "3", "--trainer.val_check_interval", "1000"]',
         f"VARIANTS = {{name: VARIANTS[name] for name in {list(variants)!r}}}",
+        "TEST_SETS[0][\"center_crop\"] = 256",
     ]))
     runs = {name.replace(" ", "_"): work / name.replace(" ", "_") for name in variants}
     for name, run in runs.items():

@@ -68,8 +68,9 @@ class Evaluator(nn.Module):
             "unavailable": {n: m.unavailable for n, m in self.metrics.items() if m.unavailable},
             "color_fix": self.color_fix,
             "seam": SEAM_SETTING,
-            **({"fid_reference": "each set's own HQ images (as many as its 'images')"}
-               if any(type(m).__name__ == "FIDMetric" for m in self.metrics.values()) else {}),
+            **({"fid_reference": {n: m.reference_description for n, m in self.metrics.items()
+                                  if hasattr(m, "reference_description")}}
+               if any(hasattr(m, "reference_description") for m in self.metrics.values()) else {}),
         }
 
     def _collection(self, key: str, device: torch.device) -> MetricCollection:

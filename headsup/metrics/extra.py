@@ -130,6 +130,8 @@ WEIGHTLESS = frozenset({"psnr", "psnry", "ssim", "ssimc", "ms_ssim", "cw_ssim", 
 # to that cache folder; with `torch_hub` given they are read from there, and nothing is downloaded.
 HUB_FILES = {"lpips": ("checkpoints/alexnet-owt-7be5be79.pth",), "lpips-vgg": ("checkpoints/vgg16-397923af.pth",),
              "dists": ("checkpoints/vgg16-397923af.pth",), "clipiqa": ("clip/RN50.pt",)}
+# pyiqa's LPIPS linear layers default to the copies of the LPIPS v0.1 release torchmetrics ships (same keys)
+SHIPPED_LPIPS = {"lpips": "alex.pth", "lpips-vgg": "vgg.pth"}
 # metrics whose only weights are such backbones (CLIP-IQA: OpenAI's CLIP RN50 and fixed prompts)
 HUB_ONLY = frozenset({"clipiqa"})
 
@@ -165,7 +167,8 @@ class PyiqaMetric(ExtraMetric):
     Args:
         metric: pyiqa metric name (niqe, musiq, maniqa, clipiqa, dists, psnr, ssim, ...).
         weights: Local weights file of the metric (NIQE: its pristine-parameter .mat); none for the
-            metrics pyiqa computes from the images alone (psnr, ssim, ...).
+            metrics pyiqa computes from the images alone (psnr, ssim, ...); for lpips / lpips-vgg the
+            default is the LPIPS v0.1 linear layers torchmetrics ships.
         options: Options of the pyiqa metric, e.g. {test_y_channel: true, color_space: ycbcr}
             (OSEDiff's `test_metrics.py` PSNR/SSIM).
         torch_hub: A folder laid out as torch hub's cache holding the backbones pyiqa would download
@@ -178,6 +181,10 @@ class PyiqaMetric(ExtraMetric):
         super().__init__()
         self.metric_name = metric
         self.options = dict(options or {})
+        if weights is None and metric in SHIPPED_LPIPS:  # the LPIPS v0.1 release's linear layers, in torchmetrics
+            import torchmetrics.functional.image.lpips as tm_lpips
+
+            weights = str(Path(tm_lpips.__file__).parent / "lpips_models" / SHIPPED_LPIPS[metric])
         self.weights, self.torch_hub = weights, torch_hub
         weightless = metric in WEIGHTLESS | HUB_ONLY and weights is None
         self.unavailable = None if weightless else _missing(weights, metric)
@@ -300,19 +307,27 @@ class ReferenceIdentityCosine(IdentityCosine):
 
 
 class FIDMetric(ExtraMetric):
-    """FID between a set's SR outputs and its HQ images (lower is better): torchmetrics'
-    FrechetInceptionDistance with the standard FID Inception (torch-fidelity) from a local file.
-    FID over a few images is not comparable with the literature's (thousands); results.json
-    records the image count next to it.
+    """FID between a set's SR outputs and a reference (lower is better): torchmetrics'
+    FrechetInceptionDistance with the standard FID Inception (torch-fidelity) from a local file. The
+    reference is each set's own HQ images, or a named folder of images (e.g. FFHQ for face sets),
+    whose features are computed once. FID over a few images is not comparable with the literature's
+    (thousands); results.json records the image count next to it.
 
     Args:
         weights: Local `weights-inception-2015-12-05-6726825d.pth` (torch-fidelity's FID Inception).
+        reference: Folder of reference images (searched recursively); None: each set's HQ.
+        reference_name: Name of the reference in results.json (default: the folder's name).
     """
 
-    def __init__(self, weights: str | None = None) -> None:
+    def __init__(self, weights: str | None = None, reference: str | None = None,
+                 reference_name: str | None = None) -> None:
         super().__init__()
         self.unavailable = _missing(weights, "fid (FID Inception)")
-        self.weights = weights
+        if self.unavailable is None and reference is not None and not Path(reference).is_dir():
+            self.unavailable = f"fid: reference folder not found: {reference}"
+        self.weights, self.reference = weights, reference
+        self.reference_name = reference_name or (Path(reference).name if reference else None)
+        self._reference_state: dict[str, torch.Tensor] | None = None
         self.feature = None
         if self.unavailable is None:
             from torchmetrics.image.fid import NoTrainInceptionV3
@@ -321,11 +336,47 @@ class FIDMetric(ExtraMetric):
                                               feature_extractor_weights_path=weights)
             self.feature.requires_grad_(False)
 
+    @property
+    def reference_description(self) -> str:
+        if self.reference is None:
+            return "each set's own HQ images (as many as its 'images')"
+        return f"'{self.reference_name}': the images of {self.reference}"
+
+    def describe(self) -> str:
+        return f"headsup FIDMetric vs {self.reference_description}; weights: {self.weights}"
+
     def make(self) -> Metric:
         from torchmetrics.image.fid import FrechetInceptionDistance
 
-        return FrechetInceptionDistance(feature=self.feature)
+        return FrechetInceptionDistance(feature=self.feature, reset_real_features=False)
+
+    def _reference_features(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The reference folder's real-image statistics, computed once."""
+        if self._reference_state is None:
+            from headsup.data.io import list_images, read_image
+
+            metric = self.make().to(device)
+            for path in list_images(self.reference):
+                metric.update(_as_uint8(read_image(path).rgb[None].to(device)), real=True)
+            self._reference_state = {k: getattr(metric, k).clone() for k in REAL_STATES}
+        return self._reference_state
 
     def update(self, metric, sr, hq, batch) -> None:  # the FID Inception takes 8-bit images
-        metric.update((hq.clamp(0, 1) * 255).round().to(torch.uint8), real=True)
-        metric.update((sr.clamp(0, 1) * 255).round().to(torch.uint8), real=False)
+        if self.reference is None:
+            metric.update(_as_uint8(hq), real=True)
+        elif not int(metric.real_features_num_samples) and _first_rank():  # DDP: counted once, on rank 0
+            for key, value in self._reference_features(sr.device).items():
+                setattr(metric, key, value.clone())
+        metric.update(_as_uint8(sr), real=False)
+
+
+REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+
+
+def _as_uint8(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def _first_rank() -> bool:
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) or \
+        torch.distributed.get_rank() == 0
