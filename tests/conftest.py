@@ -7,6 +7,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["OMP_NUM_THREADS"] = "1"  # also for the processes tests start
 
 from pathlib import Path  # noqa: E402
 
@@ -15,6 +16,13 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# One torch thread per test process, whether the suite runs in one process or in pytest-xdist workers
+# (`make test`: two), and in the processes tests start (notebook kernels, CLI runs): two threads per
+# worker on two cores oversubscribe OpenMP, which made the suite slower than one process. Float
+# reductions then also run in the same order everywhere, so seeded training reaches the same numbers
+# (tests/test_learning.py's bars were measured with one thread).
+torch.set_num_threads(1)
 
 
 def basicsr_reference():

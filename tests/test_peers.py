@@ -136,8 +136,9 @@ def _compare_module():
 
 def test_comparison_sweep_runs_the_peers_from_their_files(peer_weights, monkeypatch, capsys):
     """benchmarks/compare.py with the method presets as shipped (weights/peers/<release file>), on a
-    portrait crop with its faces: Real-ESRGAN whole-image, GFPGAN+Real-ESRGAN and CodeFormer+Real-ESRGAN,
-    then one table with the seam score; a method whose weights are missing is reported, the rest run.
+    portrait crop with its faces: Real-ESRGAN, realesr-general and SwinIR whole-image, GFPGAN+Real-ESRGAN and
+    CodeFormer+Real-ESRGAN, then one table with the seam score; a method whose weights are missing is
+    reported, the rest run.
     (Whether the paste leaves a seam: test_blending_with_released_roles_leaves_a_seam.)"""
     from headsup.data.faces import annotate
 
@@ -154,20 +155,20 @@ def test_comparison_sweep_runs_the_peers_from_their_files(peer_weights, monkeypa
         "trainer": {"accelerator": "cpu"},
         "results": {"save_images": False}}))
     methods = {m: {"configs": [str(ROOT / "configs" / "methods" / f"{m}.yaml")]}
-               for m in ("realesrgan", "gfpgan_realesrgan", "codeformer_realesrgan", "swinir")}
-    (root / "weights" / "peers" / RELEASES["swinir"][0]).rename(root / "swinir_elsewhere.pth")  # missing
+               for m in ("realesrgan", "swinir", "gfpgan_realesrgan", "codeformer_realesrgan")}
+    for name, file in (("realesr_general", RELEASES["realesr_general"][0]), ("missing", "not_downloaded.pth")):
+        (root / f"{name}.yaml").write_text(yaml.safe_dump({"model": {"eval_color_fix": "none", "generator": {
+            "class_path": "headsup.inference.peers.PeerModel", "init_args": {"path": f"weights/peers/{file}"}}}}))
+        methods[name] = {"configs": [str(ROOT / "configs" / "methods" / "realesrgan.yaml"), str(root / f"{name}.yaml")]}
     config = root / "compare.yaml"
     config.write_text(yaml.safe_dump({"out": "runs/compare", "configs": [str(root / "shared.yaml")],
                                       "sets": [str(root / "sets.yaml")], "methods": methods}))
-    try:
-        assert _compare_module().main([str(config)]) == 1  # swinir could not run
-    finally:
-        (root / "swinir_elsewhere.pth").rename(root / "weights" / "peers" / RELEASES["swinir"][0])
+    assert _compare_module().main([str(config)]) == 1  # "missing" could not run
     err = capsys.readouterr().err
-    assert "swinir did not run" in err and err.count("did not run") == 1, err
-    assert "weights/peers/003_realSR_BSRGAN_DFO_s64w8_SwinIR-M_x4_GAN.pth" in err  # names the missing file
-    results = {m: json.loads((root / "runs" / "compare" / m / "results.json").read_text())
-               for m in ("realesrgan", "gfpgan_realesrgan", "codeformer_realesrgan")}
+    assert "missing did not run" in err and err.count("did not run") == 1, err
+    assert "weights/peers/not_downloaded.pth" in err  # names the missing file
+    ran = ("realesrgan", "swinir", "realesr_general", "gfpgan_realesrgan", "codeformer_realesrgan")
+    results = {m: json.loads((root / "runs" / "compare" / m / "results.json").read_text()) for m in ran}
     for method, r in results.items():
         assert r["method"] == method and r["settings"]["color_fix"] == "none"
         assert r["sets"]["portrait"]["images"] == 1 and "seam" in r["sets"]["portrait"][method]
