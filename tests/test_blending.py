@@ -85,6 +85,7 @@ def test_facexlib_alignment_is_opencvs_similarity_and_fills_gray():
     from headsup.data.faces import align_faces, similarity_transform, template
     from headsup.inference.blending import FACEXLIB_GRAY
 
+    assert FACEXLIB_GRAY == (132 / 255, 133 / 255, 135 / 255)  # facexlib's BGR (135, 133, 132) as RGB
     points = template(512)
     ours = similarity_transform(LANDMARKS[None], points[None])[0].numpy()
     opencv = cv2.estimateAffinePartial2D(LANDMARKS.numpy(), points.numpy(), method=cv2.LMEDS)[0]
@@ -94,7 +95,7 @@ def test_facexlib_alignment_is_opencvs_similarity_and_fills_gray():
     valid = torch.ones(1, 1, dtype=torch.bool)
     BlendingBaseline(Bicubic(1), face_model, face_size=256, detect=False)(_image()[..., :128, :128], corner[None, None],
                                                                           valid)
-    assert torch.allclose(face_model.seen[0, :, 2, 2], torch.tensor(FACEXLIB_GRAY), atol=1e-6)
+    assert torch.allclose(face_model.seen[0, :, 2, 2] * 255, torch.tensor([132.0, 133.0, 135.0]), atol=1e-4)
     mirrored = align_faces(_image()[..., :128, :128], corner[None], 256)  # the "headsup" alignment's crop
     assert not torch.allclose(mirrored[0, :, 2, 2], torch.tensor(FACEXLIB_GRAY), atol=1e-2)
 
@@ -119,3 +120,17 @@ def test_facexlib_paste_mask_equals_opencv():
     soft = cv2.GaussianBlur(core, (2 * w_edge + 1, 2 * w_edge + 1), 0)
     assert w_edge > 5 and abs(masks[0, 0].numpy() - soft).max() < 1e-5
     assert torch.allclose(faces, face * torch.from_numpy(eroded))
+
+
+def test_facexlib_paste_erodes_by_the_output_scale(monkeypatch):
+    """The paste mask's first erosion is 2 x the background's scale (facexlib's upscale factor)."""
+    import headsup.inference.blending as blending
+
+    seen = []
+    original = blending.facexlib_masks
+    monkeypatch.setattr(blending, "facexlib_masks", lambda inside, scale, faces: (seen.append(scale),
+                                                                                  original(inside, scale, faces))[1])
+    lq = torch.nn.functional.interpolate(_image(), scale_factor=0.25, mode="area")
+    BlendingBaseline(Bicubic(4), Recorder(), face_size=256, detect=False)(lq, LANDMARKS[None, None],
+                                                                         torch.ones(1, 1, dtype=torch.bool))
+    assert seen == [4]

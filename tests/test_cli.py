@@ -89,6 +89,8 @@ def test_sweep_resumes_skips_missing_sets_and_keeps_other_results(trained, tmp_p
     merged = json.loads((run / "results.json").read_text())
     assert set(merged["sets"]) == {"portrait", "general"} and merged["sets"]["portrait"] == out["sets"]["portrait"]
     assert "gone" in merged["skipped"]
+    per_image = (run / "per_image.csv").read_text().splitlines()  # the first run's rows kept beside the new set's
+    assert {line.split(",")[0] for line in per_image[1:]} == {"portrait", "general"}
     assert main(["test", "--config", str(second), "--results.overwrite", "true"] + args) == 0  # recomputed, same
     assert json.loads((run / "results.json").read_text())["sets"] == merged["sets"]
 

@@ -138,3 +138,26 @@ def test_sharpened_gt_and_pool_in_the_datamodule():
     assert dm.pool.filled == 2
     with pytest.raises(ValueError, match="pool_size"):
         SRDataModule(batch_size=4, pool_size=6)
+
+
+def test_saved_outputs_pair_by_name_whole_hq_and_errors_name_the_files(tmp_path):
+    """`sr` (saved outputs): paired with HQ by name (an extra output is ignored), compared with the whole HQ
+    (no mod-crop) when there is no LQ; a missing output or one of another size stops, naming the files."""
+    hq_dir, sr_dir = tmp_path / "hq", tmp_path / "sr"
+    hq_dir.mkdir(), sr_dir.mkdir()
+    img = astronaut()[:102, :98]  # not a multiple of the scale
+    for name, shift in (("b", 0), ("c", 40)):
+        Image.fromarray(np.roll(img, shift, axis=1)).save(hq_dir / f"{name}.png")
+        Image.fromarray(np.roll(img, shift, axis=1)[::-1]).save(sr_dir / f"{name}.png")
+    Image.fromarray(img).save(sr_dir / "a_extra.png")  # sorts first; has no HQ
+    ds = EvalDataset(DatasetSpec(name="saved", hq=str(hq_dir), sr=str(sr_dir)), scale=4)
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["hq"].shape == item["sr"].shape == (3, 102, 98) and "lq" not in item and "seed" not in item
+        assert torch.equal(item["sr"], item["hq"].flip(1))  # its own saved output, by name
+    (sr_dir / "c.png").unlink()
+    with pytest.raises(ValueError, match=r"no saved output in .*sr for 1 HQ images.*'c'"):
+        EvalDataset(DatasetSpec(name="saved", hq=str(hq_dir), sr=str(sr_dir)), scale=4)
+    Image.fromarray(img[:50]).save(sr_dir / "c.png")
+    with pytest.raises(ValueError, match=r"saved output .*c.png is \(50, 98\), HQ .*c.png is \(102, 98\)"):
+        EvalDataset(DatasetSpec(name="saved", hq=str(hq_dir), sr=str(sr_dir)), scale=4)[1]

@@ -111,6 +111,8 @@ def test_tiled_peer_keeps_the_scale_and_stays_close(peer_weights):
     lq = photo()[..., 60:140, 170:270]
     a, b = whole(lq), tiled(lq)
     assert b.shape == a.shape == (1, 3, 320, 400) and 0 < (a - b).abs().mean() < 0.05
+    no_overlap = PeerModel(str(files["realesr_general"]), tile=48, tile_overlap=0)(lq)
+    assert not torch.allclose(no_overlap, b)  # the overlap given is the one used
 
 
 def test_blending_with_released_roles_leaves_a_seam(peer_weights):
@@ -177,3 +179,13 @@ def test_comparison_sweep_runs_the_peers_from_their_files(peer_weights, monkeypa
         assert results[method]["sets"]["portrait"][method]["psnr_y"] != whole["psnr_y"]
     table = (root / "runs" / "compare" / "comparison.md").read_text()
     assert all(f"| {m} | 1 |" in table for m in results) and "Seam ↓" in table.splitlines()[2]
+
+
+def test_compare_builds_each_methods_headsup_command(tmp_path):
+    compare = _compare_module()
+    args = compare.command("m", {"configs": ["a.yaml"], "ckpt_path": "x.ckpt", "args": ["--b", 1]},
+                           {"configs": ["shared.yaml"]}, tmp_path / "sets.yaml", tmp_path / "out")
+    assert args[:5] == ["test", "--config", "a.yaml", "--config", "shared.yaml"]  # the method's own configs first
+    assert args[args.index("--ckpt_path") + 1] == "x.ckpt" and args[-2:] == ["--b", "1"]
+    assert args[args.index("--trainer.default_root_dir") + 1] == str(tmp_path / "out" / "m")
+    assert args[args.index("--model.method") + 1] == "m"

@@ -60,10 +60,13 @@ def score_saved_outputs(tmp_path: Path, stems: list[str] | None) -> tuple[dict, 
             for stem in stems:
                 (sub / f"{stem}.png").symlink_to(folder / f"{stem}.png")
             folders[key] = sub
+        # an extra saved output without HQ, sorting first: pairing is by name, not by order
+        (folders["sr"] / "A_extra.png").symlink_to(REALSR / "results_osediff" / f"{sorted(stems)[-1]}.png")
     preset = yaml.safe_load((ROOT / "benchmarks" / "protocol_paper.yaml").read_text())
     preset["model"]["metrics"]["niqe"]["init_args"]["weights"] = str(niqe_parameters(tmp_path))
     preset["model"]["method"] = "osediff"
-    preset["data"] = {"test_sets": [{"name": "realsr", **{k: str(v) for k, v in folders.items()}}], "num_workers": 0}
+    preset["data"] = {"test_sets": [{"name": "realsr", **{k: str(v) for k, v in folders.items()}}], "num_workers": 0,
+                      "eval_batch_size": 2}  # per-image rows of a batch of two
     preset["trainer"] = {"default_root_dir": str(tmp_path / "run")}
     config = tmp_path / "protocol.yaml"
     config.write_text(yaml.safe_dump(preset))
@@ -109,6 +112,9 @@ def test_paper_protocol_reproduces_osediff_per_image_log_on_a_realsr_subset(tmp_
     assert np.abs(diff["niqe"]).max() <= 0.02 and np.abs(diff["niqe"]).mean() <= 5e-3
     check_settings(results)
     assert results["sets"]["realsr"]["images"] == len(stems)
+    for column in ("psnr_y", "ssim_y", "psnr_y_nocrop", "niqe"):  # the method's rows, not bicubic's
+        mean = np.mean([float(rows[stem][column]) for stem in stems])
+        assert abs(mean - results["sets"]["realsr"]["osediff"][column]) < 1e-6, column
 
 
 @pytest.mark.slow
@@ -168,6 +174,10 @@ def test_pyiqa_backbones_load_from_a_torch_hub_folder(tmp_path):
     assert "checkpoints/vgg16-397923af.pth" in missing.unavailable and "torch_hub (not given" in missing.unavailable
     torch.save({"alpha": torch.zeros(1), "code": Path("x")}, tmp_path / "evil.pth")  # a Path unpickles only with code
     assert "could run code" in PyiqaMetric("dists", str(tmp_path / "evil.pth"), torch_hub=str(hub)).unavailable
+    evil_hub = tmp_path / "evil_hub"
+    (evil_hub / "checkpoints").mkdir(parents=True)
+    (evil_hub / "checkpoints" / "vgg16-397923af.pth").write_bytes((tmp_path / "evil.pth").read_bytes())
+    assert "could run code" in PyiqaMetric("dists", str(dists_weights), torch_hub=str(evil_hub)).unavailable
     import importlib
 
     for module in ("pyiqa.archs.maniqa_arch", "pyiqa.archs.clipiqa_arch"):  # einops, OpenAI's clip: installed
