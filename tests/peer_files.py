@@ -8,10 +8,11 @@ whose parameter names are the official ones.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
+
+from tests.conftest import basicsr_reference
 
 # release file name -> top-level key of its state dict
 RELEASES = {
@@ -23,26 +24,20 @@ RELEASES = {
 }
 
 
-def _basicsr():
-    import torchvision.transforms._functional_tensor as functional_tensor
-
-    sys.modules.setdefault("torchvision.transforms.functional_tensor", functional_tensor)
-
-
 def build(kind: str) -> torch.nn.Module:
     """The release's network with random weights."""
     if kind == "realesrgan":
-        _basicsr()
+        basicsr_reference()  # makes basicsr 1.4.2 importable (or skips/fails with the reason)
         from basicsr.archs.rrdbnet_arch import RRDBNet
 
         return RRDBNet(num_in_ch=3, num_out_ch=3, num_feat=64, num_block=23, num_grow_ch=32, scale=4)
     if kind == "realesr_general":
-        _basicsr()
+        basicsr_reference()  # makes basicsr 1.4.2 importable (or skips/fails with the reason)
         from basicsr.archs.srvgg_arch import SRVGGNetCompact
 
         return SRVGGNetCompact(num_in_ch=3, num_out_ch=3, num_feat=64, num_conv=32, upscale=4, act_type="prelu")
     if kind == "swinir":
-        _basicsr()
+        basicsr_reference()  # makes basicsr 1.4.2 importable (or skips/fails with the reason)
         from basicsr.archs.swinir_arch import SwinIR
 
         return SwinIR(upscale=4, in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6] * 6,

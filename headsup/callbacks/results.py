@@ -91,7 +91,8 @@ def _version(package: str) -> str | None:
 def _protocol(spec) -> str:
     """How a test set's images were scored, for results.json."""
     if spec.sr:
-        return f"saved outputs {spec.sr}, scored as saved (no colour fix)" + (", paired LQ for the bicubic row" if spec.lq else "")
+        return f"saved outputs {spec.sr}, scored as saved (no colour fix)" + \
+            (", paired LQ for the bicubic row" if spec.lq else "")
     return (f"centre crop {spec.center_crop} px of HQ" if spec.center_crop else "whole image") + \
         (", paired LQ" if spec.lq else ", synthetic LQ")
 
