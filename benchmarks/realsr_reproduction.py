@@ -34,12 +34,20 @@ COLUMNS = {"psnr_y_nocrop": 0, "ssim_y_nocrop": 1, "lpips": 2, "dists": 3, "clip
            "maniqa": 7}
 
 
+def read_log(path: Path) -> dict[str, list[float]]:
+    """Image stem -> the log's per-image values, in COLUMNS' order."""
+    return {m[1]: [float(v) for v in m.groups()[1:]] for m in map(LOG_LINE.search, path.read_text().splitlines()) if m}
+
+
 def niqe_from_basicsr(out: Path) -> Path:
+    """pyiqa's `niqe_modelparameters.mat` layout (mu_prisparam, cov_prisparam) filled with the pristine
+    parameters basicsr ships (`niqe_pris_params.npz`, the same MATLAB NIQE model), written to `out`."""
     import scipy.io
 
     spec = importlib.util.find_spec("basicsr")
     if spec is None:
-        raise SystemExit("give --niqe (pyiqa's niqe_modelparameters.mat) or install basicsr 1.4.2")
+        raise FileNotFoundError("give --niqe (pyiqa's niqe_modelparameters.mat) or install basicsr 1.4.2 "
+                                "(it ships the NIQE parameters)")
     params = np.load(Path(spec.submodule_search_locations[0]) / "metrics" / "niqe_pris_params.npz")
     path = out / "niqe_modelparameters.mat"
     scipy.io.savemat(path, {"mu_prisparam": params["mu_pris_param"], "cov_prisparam": params["cov_pris_param"]})
@@ -54,10 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = {m[1]: [float(v) for v in m.groups()[1:]]
-           for m in map(LOG_LINE.search, (data / "osediff_metrics.log").read_text().splitlines()) if m}
+    log = read_log(data / "osediff_metrics.log")
     preset = yaml.safe_load((ROOT / "benchmarks" / "protocol_paper.yaml").read_text())
-    preset["model"]["metrics"]["niqe"]["init_args"]["weights"] = args.niqe or str(niqe_from_basicsr(out))
+    try:
+        preset["model"]["metrics"]["niqe"]["init_args"]["weights"] = args.niqe or str(niqe_from_basicsr(out))
+    except FileNotFoundError as err:
+        print(f"realsr_reproduction: error: {err}", file=sys.stderr)
+        return 2
     preset["model"]["method"] = "osediff"
     preset["data"] = {"test_sets": [{"name": "realsr", "sr": str(data / "results_osediff"),
                                      "hq": str(data / "test_HR"), "lq": str(data / "test_LR")}]}

@@ -9,12 +9,10 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import yaml
 
 from headsup.cli import main
@@ -24,29 +22,30 @@ REALSR = ROOT.parent / "shared" / "data" / "realsr_osediff"
 needs_realsr = pytest.mark.skipif(not (REALSR / "osediff_metrics.log").is_file(),
                                   reason=f"RealSR with OSEDiff's outputs and log not found at {REALSR} "
                                          "(present in CI; a user's clone lacks it)")
-LOG_LINE = re.compile(r"results_osediff/(\S+)\.png \| PSNR: ([\d.]+); SSIM: ([\d.]+);.*NIQE: ([\d.]+)")
+
+
+def reproduction():
+    """benchmarks/realsr_reproduction.py: the log's parser and the NIQE parameter file."""
+    spec = importlib.util.spec_from_file_location("realsr_reproduction", ROOT / "benchmarks" / "realsr_reproduction.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def osediff_log() -> dict[str, tuple[float, float, float]]:
     """Image stem -> (PSNR, SSIM, NIQE) of OSEDiff's log."""
-    found = {}
-    for line in (REALSR / "osediff_metrics.log").read_text().splitlines():
-        m = LOG_LINE.search(line)
-        if m:
-            found[m[1]] = (float(m[2]), float(m[3]), float(m[4]))
-    return found
+    module = reproduction()
+    columns = [module.COLUMNS[c] for c in ("psnr_y_nocrop", "ssim_y_nocrop", "niqe")]
+    return {stem: tuple(values[c] for c in columns)
+            for stem, values in module.read_log(REALSR / "osediff_metrics.log").items()}
 
 
 def niqe_parameters(tmp_path: Path) -> Path:
-    """pyiqa's `niqe_modelparameters.mat` layout (mu_prisparam, cov_prisparam) filled with the pristine
-    parameters basicsr ships (`niqe_pris_params.npz`, the same MATLAB NIQE model)."""
-    spec = importlib.util.find_spec("basicsr")
-    if spec is None:
-        pytest.fail("basicsr 1.4.2 is not installed (make install adds it): it ships the NIQE parameters")
-    params = np.load(Path(spec.submodule_search_locations[0]) / "metrics" / "niqe_pris_params.npz")
-    path = tmp_path / "niqe_modelparameters.mat"
-    scipy.io.savemat(path, {"mu_prisparam": params["mu_pris_param"], "cov_prisparam": params["cov_pris_param"]})
-    return path
+    """pyiqa's NIQE parameter file, made from basicsr's (the benchmark's `niqe_from_basicsr`)."""
+    try:
+        return reproduction().niqe_from_basicsr(tmp_path)
+    except FileNotFoundError as err:
+        pytest.fail(str(err))
 
 
 def score_saved_outputs(tmp_path: Path, stems: list[str] | None) -> tuple[dict, dict[str, dict]]:
